@@ -1,0 +1,5 @@
+import sys
+
+from vpop.cli import main
+
+sys.exit(main())
