@@ -230,6 +230,9 @@ def observation_table(ids, rows, settings) -> pd.DataFrame:
             df[name] = pd.Categorical.from_codes(flat.astype(np.int64), categories=list(ENUM_COLUMNS[name]))
         elif name == "time_day":
             df[name] = np.round(flat.astype(np.float64), 6)
+        elif name == "fio2":
+            # float32 0.21 is 0.2099999934; write the room-air value exactly.
+            df[name] = np.clip(flat.astype(np.float64), 0.21, 1.0)
         elif flat.dtype == np.bool_:
             df[name] = flat
         elif np.issubdtype(flat.dtype, np.integer):

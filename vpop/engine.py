@@ -61,12 +61,18 @@ class EngineSettings:
 
     days: float = 28.0
     assessment_hours: float = 6.0
-    substeps: int = 6
+    substeps: int = 12
+    method: str = "etdrk4"
     rtol: float = 1e-2
     atol: float = 1e-3
     record_rows: bool = True
     crs_scales: tuple[str, ...] = tuple(CRS_SCALES)
     neuro_scales: tuple[str, ...] = tuple(NEURO_SCALES)
+
+    @property
+    def chart_marks(self) -> int:
+        """Vital signs are charted hourly: chart times per assessment interval."""
+        return max(1, int(round(self.assessment_hours)))
 
     @property
     def dt(self) -> float:
@@ -202,7 +208,8 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         bio = readouts.biomarkers(y, p)
 
         doses, pol_state = policy_mod.decide(
-            policy, carry["policy"], t, grades["crs_grade_astct"], grades["icans_grade_astct"], p["weight_kg"]
+            policy, carry["policy"], t, grades["crs_grade_astct"], grades["icans_grade_astct"], row["hypotension"],
+            p["weight_kg"],
         )
         treat = alive & ~upd["dies_now"]
         doses = {name: jnp.where(treat, v, 0.0) for name, v in doses.items()}
@@ -219,7 +226,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
 
         y_next, worst, err = integrate_interval(
             model.production_loss, readouts.interval_signs, t, t + dt, y, p, settings.substeps,
-            settings.rtol, settings.atol,
+            settings.rtol, settings.atol, settings.chart_marks, settings.method,
         )
         finite = jnp.all(jnp.isfinite(y_next))
         status = jnp.where(finite, carry["status"], STATUS_NONFINITE)

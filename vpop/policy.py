@@ -3,7 +3,7 @@
 A policy is data: a flat dict of numbers (`PolicySettings.to_arrays`) read by
 one pure function, `decide`, that runs at every assessment after grading:
 
-    doses, state = decide(settings, state, t, crs_grade, icans_grade, weight_kg)
+    doses, state = decide(settings, state, t, crs_grade, icans_grade, hypotension, weight_kg)
 
 Because the settings are arrays rather than Python values, changing a policy
 never recompiles the simulator. A trigger grade of `NEVER` switches a rule
@@ -30,7 +30,7 @@ class PolicySettings:
     antipyretics: bool = True
     # tocilizumab
     toci_trigger_grade: float = 2.0
-    toci_grade1_after_days: float = 3.0  # CRS grade 1 lasting this long (ASCO: consider)
+    toci_grade1_after_days: float = 1e9  # CRS grade 1 lasting this long; ASCO says "consider" after 3 days: off by default
     toci_mg_per_kg: float = 8.0
     toci_mg_per_kg_under_30kg: float = 12.0
     toci_max_dose_mg: float = 800.0
@@ -72,7 +72,6 @@ PRESETS: dict[str, PolicySettings] = {
     "none": PolicySettings(
         name="none",
         toci_trigger_grade=NEVER,
-        toci_grade1_after_days=1e9,
         dex_crs_trigger_grade=NEVER,
         dex_crs2_after_toci_doses=NEVER,
         dex_icans_trigger_grade=NEVER,
@@ -97,7 +96,7 @@ def initial_state(dtype=jnp.float32) -> dict[str, jnp.ndarray]:
     }
 
 
-def decide(s, state, t, crs_grade, icans_grade, weight_kg):
+def decide(s, state, t, crs_grade, icans_grade, hypotension, weight_kg):
     """Doses to give now (mg) and the new policy state."""
     hours = 1.0 / 24.0
     eps = 1e-6
@@ -125,7 +124,8 @@ def decide(s, state, t, crs_grade, icans_grade, weight_kg):
     # Methylprednisolone for grade 4; dexamethasone otherwise.
     want_mp = (crs >= s["mp_crs_trigger_grade"]) | (icans >= s["mp_icans_trigger_grade"])
     give_mp = want_mp & (t - state["last_mp"] >= s["mp_interval_hours"] * hours - eps)
-    crs2_refractory = (crs >= 2.0) & (state["toci_count"] >= s["dex_crs2_after_toci_doses"])
+    # ASCO: dexamethasone for hypotension persisting after 1-2 tocilizumab doses.
+    crs2_refractory = (crs >= 2.0) & hypotension & (state["toci_count"] >= s["dex_crs2_after_toci_doses"])
     want_dex = (crs >= s["dex_crs_trigger_grade"]) | (icans >= s["dex_icans_trigger_grade"]) | crs2_refractory
     give_dex = want_dex & ~want_mp & (t - state["last_dex"] >= s["dex_interval_hours"] * hours - eps)
     dex_iv_mg = jnp.where(give_dex, s["dex_dose_mg"], 0.0)
