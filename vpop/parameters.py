@@ -156,9 +156,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("fever", "antipyretic_effect", 0.3, "fraction", 0.0, 0.6, "calibrated (paracetamol lowers fever ~0.5-1 C)",
        "fraction of the temperature rise removed by antipyretics"),
     # --- Acute phase and coagulation ----------------------------------------
-    _p("acute_phase", "il6_signal_ec50", 150.0, "pg/mL", 20.0, 2000.0, "calibrated", "free IL-6 giving half-maximal hepatic IL-6 signalling"),
+    _p("acute_phase", "il6_signal_ec50", 600.0, "pg/mL", 20.0, 2000.0, "calibrated", "free IL-6 giving half-maximal hepatic IL-6 signalling"),
     _p("acute_phase", "crp_clearance", 0.875, "1/d", 0.6, 1.1, "Pepys (CRP t1/2 19 h)", "CRP elimination"),
-    _p("acute_phase", "crp_max", 280.0, "mg/L", 100.0, 500.0, "calibrated; Lee 2015 (CRP tracks IL-6, r=0.81)", "CRP at maximal IL-6 signalling"),
+    _p("acute_phase", "crp_max", 350.0, "mg/L", 100.0, 500.0, "calibrated; Lee 2015 (CRP tracks IL-6, r=0.81)", "CRP at maximal IL-6 signalling"),
     _p("acute_phase", "ferritin_clearance", _k(30 * HOUR), "1/d", _k(72 * HOUR), _k(12 * HOUR), "unverified (~30 h)", "ferritin elimination"),
     _p("acute_phase", "ferritin_per_myeloid", 22000.0, "ng/mL", 2000.0, 200000.0,
        "calibrated to peak ferritin 2,035 (no/low-grade) vs 5,467 ng/mL (severe), Blood Adv HLH-like cohort",

@@ -1,0 +1,140 @@
+"""The mechanisms as behaviour, on cohorts of a few hundred patients.
+
+Each assertion states a direction and a size; tolerances are set well inside
+the effects seen at this cohort size (n = 300, fixed seed), so a broken
+mechanism fails while seed noise does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from vpop import cohort
+from vpop.policy import NEVER, PRESETS
+
+N = 300
+NO_STEROIDS = dict(dex_crs_trigger_grade=NEVER, dex_crs2_after_toci_doses=NEVER, dex_icans_trigger_grade=NEVER,
+                   mp_crs_trigger_grade=NEVER, mp_icans_trigger_grade=NEVER)
+
+
+@pytest.fixture(scope="module")
+def cohorts(default_config):
+    cache = {}
+
+    def get(name, config=None, policy=None):
+        if name not in cache:
+            cfg = config or default_config
+            if policy is not None:
+                cfg = replace(cfg, policy=policy)
+            cache[name] = cohort.simulate(cfg, n=N, seed=0)
+        return cache[name]
+
+    return get
+
+
+def _with_marginal(config, name, factor):
+    spec = config.population
+    m = spec.marginals[name]
+    marginals = dict(spec.marginals)
+    marginals[name] = replace(m, center=m.center * factor)
+    return replace(config, population=replace(spec, marginals=marginals))
+
+
+def _with_dose(config, factor):
+    spec = config.population
+    return replace(config, population=replace(spec, dose_per_kg=spec.dose_per_kg * factor))
+
+
+def test_crs_comes_first_and_icans_peaks_in_week_two(cohorts):
+    r = cohorts("default")
+    pt, ob = r.patients, r.observations
+    assert 1.0 <= pt.crs_onset_day.median() <= 5.0
+    both = pt.dropna(subset=["crs_onset_day", "icans_onset_day"])
+    assert len(both) > 50
+    assert (both.icans_onset_day > both.crs_onset_day).mean() >= 0.8
+    assert both.icans_onset_day.median() > both.crs_onset_day.median() + 1.0
+    icans = ob[ob.icans_grade_astct > 0]
+    peak_day = icans.loc[icans.groupby("patient_id").icans_grade_astct.idxmax(), "time_day"]
+    assert 5.0 <= peak_day.median() <= 14.0
+
+
+def test_severe_icans_is_preceded_by_crs(cohorts):
+    pt = cohorts("default").patients
+    severe = pt[pt.icans_max_grade >= 3]
+    assert len(severe) >= 10
+    preceded = severe.crs_onset_day.notna() & (severe.crs_onset_day <= severe.icans_onset_day)
+    assert preceded.mean() >= 0.95
+
+
+@pytest.mark.parametrize("covariate", ["tumor_burden", "dose"])
+def test_more_tumour_or_more_cells_raise_crs(cohorts, default_config, covariate):
+    def cfg(f):
+        return _with_dose(default_config, f) if covariate == "dose" else _with_marginal(default_config, "tumor_burden", f)
+
+    low = cohorts(f"{covariate}-low", cfg(1 / 3)).patients
+    high = cohorts(f"{covariate}-high", cfg(3.0)).patients
+    assert (high.crs_max_grade >= 2).mean() >= (low.crs_max_grade >= 2).mean() + 0.05
+    assert (high.crs_max_grade >= 1).mean() >= (low.crs_max_grade >= 1).mean()
+    assert high.peak_il6_pg_ml.median() > 1.15 * low.peak_il6_pg_ml.median()
+
+
+def _at(ob, times, column):
+    """Value of `column` for each patient at the given per-patient times (nearest assessment)."""
+    idx = ob.set_index(["patient_id", "time_day"])[column]
+    keys = [(pid, round(t * 4) / 4) for pid, t in times.items()]
+    return np.array([idx.get(k, np.nan) for k in keys], dtype=float)
+
+
+def test_tocilizumab_calms_crs_raises_il6_and_spares_icans(cohorts):
+    toci = replace(PRESETS["none"], name="toci_only", toci_trigger_grade=1.0)
+    treated = cohorts("toci-only", policy=toci)
+    untreated = cohorts("none", policy=PRESETS["none"])
+    ob_t, ob_u = treated.observations, untreated.observations
+    first = ob_t[ob_t.tocilizumab_given].groupby("patient_id").time_day.min() - 0.25  # dose time
+    assert len(first) >= 100
+    # Fever and hypotension one day after the first dose, same patients untreated.
+    fever_t = _at(ob_t, first + 1.0, "temp_c") >= 38.0
+    fever_u = _at(ob_u, first + 1.0, "temp_c") >= 38.0
+    assert fever_t.mean() <= 0.5 * fever_u.mean()
+    hypo_t = _at(ob_t, first + 1.0, "hypotension")
+    hypo_u = _at(ob_u, first + 1.0, "hypotension")
+    assert np.nanmean(hypo_t) <= np.nanmean(hypo_u)
+    # CRP falls, serum IL-6 rises (blocked receptor-mediated clearance).
+    crp_ratio = _at(ob_t, first + 2.0, "crp_mg_l") / _at(ob_u, first + 2.0, "crp_mg_l")
+    il6_ratio = _at(ob_t, first + 0.5, "il6_pg_ml") / _at(ob_u, first + 0.5, "il6_pg_ml")
+    assert np.nanmedian(crp_ratio) < 0.7
+    assert np.nanmedian(il6_ratio) > 1.5
+    # ICANS is not reduced.
+    pt_t, pt_u = treated.patients, untreated.patients
+    assert (pt_t.icans_max_grade >= 1).mean() >= (pt_u.icans_max_grade >= 1).mean() - 0.02
+    assert (pt_t.icans_max_grade >= 3).mean() >= (pt_u.icans_max_grade >= 3).mean() - 0.02
+
+
+def test_dexamethasone_reduces_icans(cohorts):
+    dex = replace(PRESETS["none"], name="dex_only", dex_icans_trigger_grade=1.0)
+    treated = cohorts("dex-only", policy=dex).patients
+    untreated = cohorts("none", policy=PRESETS["none"]).patients
+    assert treated.steroids_given.mean() > 0.3
+    assert (treated.icans_max_grade >= 2).mean() <= (untreated.icans_max_grade >= 2).mean() - 0.05
+    assert treated.icans_max_grade.mean() < untreated.icans_max_grade.mean()
+
+
+def test_severe_crs_has_the_laboratory_signature(cohorts):
+    pt = cohorts("default").patients
+    severe, mild = pt[pt.crs_max_grade >= 3], pt[pt.crs_max_grade == 1]
+    assert len(severe) >= 10 and len(mild) >= 10
+    for col in ("peak_il6_pg_ml", "peak_crp_mg_l", "peak_ferritin_ng_ml", "peak_ddimer_mg_l"):
+        assert severe[col].median() > 1.2 * mild[col].median(), col
+    assert severe.nadir_fibrinogen_g_l.median() < mild.nadir_fibrinogen_g_l.median()
+
+
+def test_icans_has_the_barrier_and_injury_signature(cohorts):
+    pt = cohorts("default").patients
+    icans, none = pt[pt.icans_max_grade >= 1], pt[pt.icans_max_grade == 0]
+    assert len(icans) >= 30 and len(none) >= 30
+    for col in ("peak_csf_serum_albumin_ratio", "peak_csf_protein_mg_l", "peak_nfl_pg_ml",
+                "peak_il1ra_pg_ml", "peak_gmcsf_pg_ml"):
+        assert icans[col].median() > 1.1 * none[col].median(), col
