@@ -1,2 +1,19 @@
-"""vpop."""
+"""vpop: virtual patient cohorts for CAR T-cell toxicities (CRS and ICANS), in JAX.
+
+    import vpop
+    config = vpop.load_config("configs/default.yaml")
+    result = vpop.simulate(config, n=500, seed=1)
+    result.patients, result.observations, result.summary_table()
+
+See README.md and docs/.
+"""
+
 __version__ = "0.1.0"
+
+from vpop.cohort import CohortResult as CohortResult, simulate as simulate
+from vpop.config import SimulationConfig as SimulationConfig, load_config as load_config
+from vpop.grading.table import (
+    grade_observations as grade_observations,
+    read_observations as read_observations,
+    summarise_patients as summarise_patients,
+)

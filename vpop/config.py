@@ -135,6 +135,7 @@ SCHEMA: dict[str, Any] = {
         "correlations": "CORRELATIONS",
         "variability": "VARIABILITY",
         "variability_correlations": "CORRELATIONS",
+        "patients_file": _str(),  # CSV/Parquet patient table, relative to the config (vpop.patient_table)
     },
     "parameters": "PARAMS",
     "policy": "POLICY",
@@ -316,6 +317,9 @@ def _read_yaml(path: Path, chain=()) -> dict:
         candidate = (path.parent / parent)
         if not candidate.is_file():
             candidate = shipped_config(parent)
+        if not candidate.is_file():
+            raise ConfigError(f"{path}: extends: {parent}: config file not found (looked beside {path.name} "
+                              "and among the shipped configs)")
         if candidate.resolve() in chain:
             raise ConfigError(f"{path}: extends: {parent} extends itself (a cycle)")
         base = _read_yaml(candidate, chain + (path.resolve(),))

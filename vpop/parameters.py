@@ -247,7 +247,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("readout", "edema_diffuse_qalb", 42.0, "x1e-3", 25.0, 80.0, "calibrated", "albumin ratio above which diffuse oedema is seen (with dysfunction)"),
     _p("readout", "edema_neuro_threshold", 1.0, "neuro units", 0.5, 2.0, "calibrated", "dysfunction needed for oedema to be seen"),
     _p("readout", "tremor_threshold", 0.3652, "neuro units", 0.0, 0.5, "calibrated (CTCAE neurologic events exceed ICANS)", "dysfunction at which tremor (CTCAE grade 1) appears"),
-    _p("readout", "headache_csf_il6", 54.3884, "pg/mL", 1.0, 50.0, "calibrated", "CSF IL-6 at which headache (CTCAE grade 1) is recorded"),
+    _p("readout", "headache_csf_il6", 54.3884, "pg/mL", 1.0, 100.0, "calibrated", "CSF IL-6 at which headache (CTCAE grade 1) is recorded"),
     _p("readout", "capd_per_neuro", 22.0, "CAPD points per neuro unit", 10.0, 40.0, "calibrated (CAPD >= 9 ~ ICE <= 2)", "CAPD points per unit neuronal dysfunction (children < 12)"),
     _p("readout", "aki_burden_per_grade", 0.8, "mmHg*d/10", 0.2, 3.0, "calibrated (AKI after hypotension)", "hypoperfusion burden per CTCAE creatinine grade"),
     _p("readout", "transaminitis_ferritin", 8000.0, "ng/mL", 2000.0, 30000.0, "calibrated (hepatotoxicity with HLH-like hyperferritinaemia, Lichtenstein 2021)",

@@ -1,0 +1,186 @@
+"""Benchmark: vpop cohorts against the peers, in one run, on this machine.
+
+Times vpop's default engine (ETDRK4, 12 steps per 6-h assessment, float32,
+grading and ASCO management included) at several cohort sizes, each in its own
+process so peak memory is its own, and in the same run:
+
+  (a) a per-patient scipy LSODA loop on the same right-hand side (untreated,
+      28 days, output on the 6-h grid) for a subsample of patients;
+  (b) plain `jit(vmap(diffrax.diffeqsolve))` with Tsit5 and a PID controller
+      on the same right-hand side and output grid;
+  (c) grade agreement: maximum CRS and ICANS grades (every scale) of the
+      default engine against a float64 reference with 96 steps per interval
+      (validated against scipy Radau at rtol 1e-8 in tests/test_solver_reference.py).
+
+Ratios are what to read: the machine is shared and noisy.
+
+    python scripts/bench_simulate.py                       # 1k, 10k, 100k
+    python scripts/bench_simulate.py --sizes 1000 --agreement-n 2000   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker_vpop(n: int) -> dict:
+    from vpop.cohort import simulate
+    from vpop.config import load_config
+
+    cfg = load_config(None)
+    t0 = time.perf_counter()
+    r = simulate(cfg, n=n, seed=0, record_rows=False)
+    wall = time.perf_counter() - t0
+    return {"n": n, "compile_s": r.compile_seconds, "run_s": r.run_seconds, "wall_s": wall,
+            "patients_per_s": n / r.run_seconds, "peak_rss_mb": _peak_rss_mb(),
+            "failed": r.n_failed, "inaccurate": r.n_inaccurate}
+
+
+def _sample(n: int, dtype):
+    import jax.numpy as jnp
+
+    from vpop.cohort import _compiled_sampler, _split_keys
+    from vpop.config import load_config
+    from vpop.population import PopulationSampler, patient_keys
+
+    cfg = load_config(None)
+    sampler = PopulationSampler(cfg.population, cfg.parameters)
+    pop_keys, _ = _split_keys(patient_keys(0, np.arange(n)))
+    _, p = _compiled_sampler(sampler, dtype)(pop_keys)
+    return p
+
+
+def worker_scipy(n: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from scipy.integrate import solve_ivp
+
+    from vpop import model
+
+    jax.config.update("jax_enable_x64", True)
+    p = _sample(n, jnp.float64)
+    ts = np.arange(113) * 0.25
+    rhs = jax.jit(model.rhs)
+    times = []
+    for i in range(n):
+        pi = {k: v[i] for k, v in p.items()}
+        y0 = np.asarray(model.initial_state(pi))
+        rhs(0.0, y0, pi).block_until_ready()  # compile outside the timing
+        t0 = time.perf_counter()
+        sol = solve_ivp(lambda t, y: np.asarray(rhs(t, y, pi)), (0.0, 28.0), y0, method="LSODA",
+                        t_eval=ts, rtol=1e-4, atol=1e-6)
+        times.append(time.perf_counter() - t0)
+        assert sol.success
+    return {"n": n, "per_patient_s": float(np.median(times)), "mean_per_patient_s": float(np.mean(times))}
+
+
+def worker_diffrax(n: int) -> dict:
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    from vpop import model
+
+    p = _sample(n, jnp.float32)
+    ts = jnp.arange(113) * 0.25
+
+    def solve(pi):
+        term = diffrax.ODETerm(lambda t, y, a: model.rhs(t, y, a))
+        sol = diffrax.diffeqsolve(
+            term, diffrax.Tsit5(), 0.0, 28.0, 0.01, model.initial_state(pi), args=pi,
+            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-6),
+            max_steps=100_000, throw=False,
+        )
+        return sol.ys, sol.stats["num_steps"]
+
+    f = jax.jit(jax.vmap(solve))
+    t0 = time.perf_counter()
+    compiled = f.lower(p).compile()
+    t1 = time.perf_counter()
+    ys, steps = compiled(p)
+    jax.block_until_ready(ys)
+    t2 = time.perf_counter()
+    return {"n": n, "compile_s": t1 - t0, "run_s": t2 - t1, "per_patient_s": (t2 - t1) / n,
+            "median_steps": float(np.median(steps)), "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_agreement(n: int) -> dict:
+    from dataclasses import replace
+
+    from vpop.cohort import simulate
+    from vpop.config import load_config
+
+    cfg = load_config(None)
+    fast = simulate(cfg, n=n, seed=0, record_rows=False).patients
+    ref_cfg = replace(cfg, dtype="float64", engine=replace(cfg.engine, substeps=96))
+    ref = simulate(ref_cfg, n=n, seed=0, record_rows=False).patients
+    cols = [c for c in ref.columns if "max_grade" in c]
+    astct = ((fast.crs_max_grade == ref.crs_max_grade) & (fast.icans_max_grade == ref.icans_max_grade)).mean()
+    every = np.all([fast[c].values == ref[c].values for c in cols], axis=0).mean()
+    return {"n": n, "astct_same_max_grades": float(astct), "all_scales_same_max_grades": float(every)}
+
+
+WORKERS = {"vpop": worker_vpop, "scipy": worker_scipy, "diffrax": worker_diffrax, "agreement": worker_agreement}
+
+
+def _spawn(kind: str, n: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--scipy-n", type=int, default=20)
+    ap.add_argument("--diffrax-sizes", default="1000,10000")
+    ap.add_argument("--agreement-n", type=int, default=10000)
+    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.n)))
+        return
+
+    import jax
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"python {platform.python_version()}, jax {jax.__version__}", flush=True)
+    vp = {int(n): _spawn("vpop", int(n)) for n in args.sizes.split(",")}
+    for n, r in vp.items():
+        print(f"vpop      n={n:>7}: compile {r['compile_s']:.1f} s, run {r['run_s']:.1f} s "
+              f"({r['patients_per_s']:.0f} patients/s, {1e3 / r['patients_per_s']:.3f} ms/patient), "
+              f"wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, failed {r['failed']}, "
+              f"flagged {r['inaccurate']}", flush=True)
+    best = max(vp.values(), key=lambda r: r["patients_per_s"])
+    vpop_pp = 1.0 / best["patients_per_s"]
+    sc = _spawn("scipy", args.scipy_n)
+    print(f"scipy LSODA (per patient, median of {sc['n']}): {sc['per_patient_s'] * 1e3:.1f} ms "
+          f"-> vpop is {sc['per_patient_s'] / vpop_pp:.0f}x faster per patient", flush=True)
+    for n in args.diffrax_sizes.split(","):
+        d = _spawn("diffrax", int(n))
+        v = vp.get(int(n)) or best
+        ratio = d["per_patient_s"] * v["patients_per_s"]
+        print(f"diffrax Tsit5+PID n={d['n']:>6}: compile {d['compile_s']:.1f} s, run {d['run_s']:.1f} s "
+              f"({1e3 * d['per_patient_s']:.3f} ms/patient, median {d['median_steps']:.0f} steps) "
+              f"-> vpop is {ratio:.1f}x faster", flush=True)
+    ag = _spawn("agreement", args.agreement_n)
+    print(f"grade agreement vs float64 reference (n={ag['n']}): ASTCT {100 * ag['astct_same_max_grades']:.2f}%, "
+          f"every scale {100 * ag['all_scales_same_max_grades']:.2f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
