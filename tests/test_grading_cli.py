@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import types
 
 import pandas as pd
 import pytest
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cli_importable():
-    """`vpop.cli` also registers `simulate`; stand in for it only while it does not exist yet."""
-    try:
-        importlib.import_module("vpop.simulate_cli")
-        yield
-    except ModuleNotFoundError:
-        stub = types.ModuleType("vpop.simulate_cli")
-        stub.register = lambda subparsers: subparsers.add_parser("simulate")
-        sys.modules["vpop.simulate_cli"] = stub
-        yield
-        del sys.modules["vpop.simulate_cli"]
 
 
 def vpop(*argv):
