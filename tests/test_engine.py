@@ -32,6 +32,16 @@ def test_vmap_of_patients_equals_single_solves(default_config):
         np.testing.assert_allclose(batch_sum["tocilizumab_mg"][i], summ["tocilizumab_mg"])
 
 
+def test_structure_of_arrays_batch_equals_vmap(default_config):
+    _, p, keys = sample_patients(default_config, np.arange(6))
+    pol = policy.PRESETS["asco2021"].to_arrays(jnp.float64)
+    soa = jax.jit(lambda p, k: engine.simulate_batch(p, k, pol, SETTINGS))(p, keys)
+    ref = jax.jit(lambda p, k: engine.vmapped_batch(p, k, pol, SETTINGS))(p, keys)
+    for got, want in zip(jax.tree_util.tree_leaves(soa), jax.tree_util.tree_leaves(ref)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(np.asarray(got, float), np.asarray(want, float), rtol=1e-9, atol=1e-12)
+
+
 def _small(config, **engine_changes):
     return replace(config, engine=replace(config.engine, days=10.0, **engine_changes))
 

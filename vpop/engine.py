@@ -171,32 +171,38 @@ def _grade(row, carry, settings: EngineSettings):
 def simulate_patient(p, key, policy, settings: EngineSettings):
     """One patient's whole course. Returns (rows, summary) of arrays."""
     dtype = p["tumor_burden"].dtype
+    shape = jnp.shape(p["tumor_burden"])  # () for one patient, (N,) for a batch in SoA layout
+
+    def full(value, dt=dtype):
+        return jnp.full(shape, value, dt)
+
     dt = jnp.asarray(settings.dt, dtype)
     y0 = model.initial_state(p)
     worst0 = readouts.interval_signs(jnp.zeros((), dtype), y0, p)
-    false = jnp.asarray(False)
+    false = full(False, bool)
     carry0 = {
         "y": y0,
         "worst": worst0,
-        "alive": jnp.asarray(True),
-        "antipyretic_active": jnp.asarray(0.0, dtype),
+        "alive": full(True, bool),
+        "antipyretic_active": full(0.0),
         "antipyretics_given": false,
         "tocilizumab_given": false,
         "steroids_given": false,
         "anakinra_given": false,
-        "last_anticytokine": jnp.asarray(-1e9, dtype),
+        "last_anticytokine": full(-1e9),
         "fever_waived": false,
         "crs_seen": false,
-        "vaso_start": jnp.asarray(-1e9, dtype),
-        "fever_rows": jnp.asarray(0, jnp.int32),
+        "vaso_start": full(-1e9),
+        "fever_rows": full(0, jnp.int32),
         "prev_diffuse": false,
-        "policy": policy_mod.initial_state(dtype),
-        "status": jnp.asarray(STATUS_OK, jnp.int32),
-        "max_error": jnp.asarray(0.0, dtype),
-        "doses": {k: jnp.asarray(0.0, dtype) for k in ("toci_mg", "dex_iv_mg", "dex_oral_mg", "mp_mg", "anakinra_mg")},
-        "toci_doses": jnp.asarray(0, jnp.int32),
-        "peaks": {k: jnp.asarray(-jnp.inf, dtype) for k in PEAK_BIOMARKERS},
-        "nadirs": {k: jnp.asarray(jnp.inf, dtype) for k in NADIR_BIOMARKERS},
+        "policy": policy_mod.initial_state(dtype, shape),
+        "status": full(STATUS_OK, jnp.int32),
+        "max_error": full(0.0),
+        "doses": {k: full(0.0) for k in ("toci_mg", "dex_iv_mg", "dex_oral_mg", "mp_mg", "anakinra_mg")},
+        "toci_doses": full(0, jnp.int32),
+        "peaks": {k: full(-jnp.inf) for k in PEAK_BIOMARKERS},
+        "nadirs": {k: full(jnp.inf) for k in NADIR_BIOMARKERS},
+        "car_t_peak_day": full(0.0),  # time of the CAR-T peak (Tmax), day
     }
 
     def step(carry, k):
@@ -228,7 +234,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
             model.production_loss, readouts.interval_signs, t, t + dt, y, p, settings.substeps,
             settings.rtol, settings.atol, settings.chart_marks, settings.method,
         )
-        finite = jnp.all(jnp.isfinite(y_next))
+        finite = jnp.all(jnp.isfinite(y_next), axis=0)
         status = jnp.where(finite, carry["status"], STATUS_NONFINITE)
         status = jnp.where((status == STATUS_OK) & (err > 1.0), STATUS_INACCURATE, status)
         # A non-finite patient is frozen at its last finite state and flagged.
@@ -259,6 +265,8 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
             toci_doses=carry["toci_doses"] + (doses["toci_mg"] > 0),
             peaks={n: jnp.where(row_alive, jnp.maximum(carry["peaks"][n], bio[n]), carry["peaks"][n]) for n in PEAK_BIOMARKERS},
             nadirs={n: jnp.where(row_alive, jnp.minimum(carry["nadirs"][n], bio[n]), carry["nadirs"][n]) for n in NADIR_BIOMARKERS},
+            car_t_peak_day=jnp.where(row_alive & (bio["car_t_cells_per_ul"] > carry["peaks"]["car_t_cells_per_ul"]),
+                                     t, carry["car_t_peak_day"]),
         )
         out = dict(grades)
         out["alive"] = row_alive
@@ -278,15 +286,45 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         "anakinra_mg": final["doses"]["anakinra_mg"],
         **{f"peak_{n}": v for n, v in final["peaks"].items()},
         **{f"nadir_{n}": v for n, v in final["nadirs"].items()},
+        "peak_car_t_day": final["car_t_peak_day"],  # Tmax of CAR-T in blood (first assessment at the peak)
     }
     return rows, summary
 
 
+def simulate_batch(p, keys, policy, settings: EngineSettings):
+    """A batch of patients: `simulate_patient` with the patient axis trailing.
+
+    The one-patient physics is elementwise in the patient, so it runs on
+    arrays of patients directly: parameters of shape (N,), states (32, N).
+    That structure-of-arrays layout keeps each state's patients contiguous, so
+    XLA vectorises across patients; it is about twice as fast on the CPU as
+    `jax.vmap(simulate_patient)`, whose batch-leading layout strides every
+    state access (tests/test_engine.py checks the two agree). Outputs have the
+    patient axis first, as `vmap` would give: rows (N, n_rows), summary (N,).
+    """
+    rows, summary = simulate_patient(p, keys, policy, settings)
+    batch = jnp.shape(p["tumor_burden"])
+    # Shared quantities (the assessment time) come out unbatched; give every row a patient axis.
+    def per_patient(x):
+        if x.shape[1:] != batch:
+            x = x.reshape(x.shape[:1] + (1,) * len(batch))
+        return jnp.moveaxis(jnp.broadcast_to(x, x.shape[:1] + batch), 0, -1)
+
+    rows = jax.tree_util.tree_map(per_patient, rows)
+    summary = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, batch), summary)
+    return rows, summary
+
+
+def vmapped_batch(p, keys, policy, settings: EngineSettings):
+    """The same batch through `jax.vmap(simulate_patient)` (reference layout)."""
+    return jax.vmap(lambda pi, ki: simulate_patient(pi, ki, policy, settings))(p, keys)
+
+
 @functools.lru_cache(maxsize=16)
 def compiled_batch(settings: EngineSettings):
-    """`jit(vmap(simulate_patient))` for these static settings (cached)."""
+    """`jit(simulate_batch)` for these static settings (cached)."""
 
     def batch(p, keys, policy):
-        return jax.vmap(lambda pi, ki: simulate_patient(pi, ki, policy, settings))(p, keys)
+        return simulate_batch(p, keys, policy, settings)
 
     return jax.jit(batch)

@@ -84,11 +84,12 @@ PRESETS: dict[str, PolicySettings] = {
 }
 
 
-def initial_state(dtype=jnp.float32) -> dict[str, jnp.ndarray]:
-    never = jnp.asarray(-1e9, dtype=dtype)
+def initial_state(dtype=jnp.float32, shape=()) -> dict[str, jnp.ndarray]:
+    """Policy state of one patient (shape ()) or of a batch (shape (N,))."""
+    never = jnp.full(shape, -1e9, dtype=dtype)
     return {
-        "toci_times": jnp.full((4,), -1e9, dtype=dtype),  # last four dose times
-        "toci_count": jnp.asarray(0.0, dtype=dtype),
+        "toci_times": jnp.full((4, *shape), -1e9, dtype=dtype),  # last four dose times
+        "toci_count": jnp.zeros(shape, dtype=dtype),
         "last_dex": never,
         "last_mp": never,
         "last_anakinra": never,
@@ -106,8 +107,8 @@ def decide(s, state, t, crs_grade, icans_grade, hypotension, weight_kg):
 
     # Tocilizumab: grade-triggered with the label's dose limits.
     toci_times = state["toci_times"]
-    in_24h = jnp.sum(toci_times > t - 24.0 * hours + eps)
-    since_last = t - jnp.max(toci_times)
+    in_24h = jnp.sum(toci_times > t - 24.0 * hours + eps, axis=0)
+    since_last = t - jnp.max(toci_times, axis=0)
     persistent_g1 = (crs >= 1.0) & (t - crs_since >= s["toci_grade1_after_days"] - eps)
     want_toci = (crs >= s["toci_trigger_grade"]) | persistent_g1
     can_toci = (
@@ -119,7 +120,8 @@ def decide(s, state, t, crs_grade, icans_grade, hypotension, weight_kg):
     per_kg = jnp.where(weight_kg < 30.0, s["toci_mg_per_kg_under_30kg"], s["toci_mg_per_kg"])
     toci_mg = jnp.where(give_toci, jnp.minimum(per_kg * weight_kg, s["toci_max_dose_mg"]), 0.0)
     toci_count = state["toci_count"] + give_toci
-    toci_times = jnp.where(give_toci, jnp.concatenate([toci_times[1:], t[None]]), toci_times)
+    now = jnp.broadcast_to(t, toci_times.shape[1:])[None]
+    toci_times = jnp.where(give_toci, jnp.concatenate([toci_times[1:], now]), toci_times)
 
     # Methylprednisolone for grade 4; dexamethasone otherwise.
     want_mp = (crs >= s["mp_crs_trigger_grade"]) | (icans >= s["mp_icans_trigger_grade"])

@@ -132,27 +132,68 @@ class PopulationSampler:
                 v = m.center * jnp.exp(m.spread * z[i])
             out[name] = jnp.clip(v, m.low, m.high)
         out["female"] = (jax.random.uniform(k_sex) < self.spec.female_fraction).astype(jnp.float32)
-        out["easix"] = out["ldh"] * out["creatinine"] / out["platelets0"]
-        out["m_easix"] = out["ldh"] * (out["crp0"] / 10.0) / out["platelets0"]  # CRP in mg/dL
-        if self.spec.dose_per_kg is not None:
-            out["car_dose_per_kg"] = jnp.asarray(self.spec.dose_per_kg, dtype=jnp.float32)
-        else:
-            out["car_dose_per_kg"] = self.spec.flat_dose / out["weight_kg"]
-        out["ld_intensity"] = jnp.asarray(self.spec.ld_intensity, dtype=jnp.float32)
-        return out
+        return self.derived_covariates(out)
 
     def individual(self, key) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """One patient's (covariates, individual parameters)."""
         k_cov, k_eta = jax.random.split(key)
         cov = self.covariates(k_cov)
+        return cov, self._parameters(cov, self.random_effects(k_eta))
+
+    def random_effects(self, k_eta) -> dict[str, jax.Array]:
+        """eta ~ MVN(0, Omega), by name (empty when no variability is configured)."""
+        if not self.eta_names:
+            return {}
+        eta = self.eta_chol @ jax.random.normal(k_eta, (len(self.eta_names),))
+        return {name: eta[i] for i, name in enumerate(self.eta_names)}
+
+    def patient_random_effects(self, key) -> dict[str, jax.Array]:
+        """The eta that `individual(key)` uses (same key split)."""
+        return self.random_effects(jax.random.split(key)[1])
+
+    def derived_covariates(self, cov: dict, key=None) -> dict[str, jax.Array]:
+        """Complete given covariates: EASIX, m-EASIX, dose per kg, LD intensity, sex.
+
+        Values already in `cov` are kept (a patient table may give `female`,
+        `car_dose_per_kg` or `ld_intensity`); `female` missing is drawn from
+        `key` with the configured female fraction.
+        """
+        out = dict(cov)
+        if "female" not in out:
+            k_sex = jax.random.split(key)[1]
+            out["female"] = (jax.random.uniform(k_sex) < self.spec.female_fraction).astype(jnp.float32)
+        out["easix"] = out["ldh"] * out["creatinine"] / out["platelets0"]
+        out["m_easix"] = out["ldh"] * (out["crp0"] / 10.0) / out["platelets0"]  # CRP in mg/dL
+        if "car_dose_per_kg" not in out:
+            if self.spec.dose_per_kg is not None:
+                out["car_dose_per_kg"] = jnp.asarray(self.spec.dose_per_kg, dtype=jnp.float32)
+            else:
+                out["car_dose_per_kg"] = self.spec.flat_dose / out["weight_kg"]
+        if "ld_intensity" not in out:
+            out["ld_intensity"] = jnp.asarray(self.spec.ld_intensity, dtype=jnp.float32)
+        return out
+
+    def individual_from_covariates(self, key, cov: dict, eta: dict | None = None):
+        """(covariates, parameters) of a patient whose covariates are given (a patient table).
+
+        `key` is the patient's population key, as for `individual`: the random
+        effects come from the same stream, so a table row with patient i's
+        covariates and key gives patient i's parameters. `eta` (by name)
+        replaces the drawn random effects it names.
+        """
+        k_cov, k_eta = jax.random.split(key)
+        cov = self.derived_covariates(cov, k_cov)
+        effects = self.random_effects(k_eta)
+        effects.update(eta or {})
+        return cov, self._parameters(cov, effects)
+
+    def _parameters(self, cov, eta: dict) -> dict[str, jax.Array]:
         p = {name: jnp.asarray(v, dtype=jnp.float32) for name, v in self.typical.items()}
         for name in SENSITIVITIES:
             p[name] = jnp.asarray(1.0, dtype=jnp.float32)
         p.update(covariate_effects(cov, p))
-        if self.eta_names:
-            eta = self.eta_chol @ jax.random.normal(k_eta, (len(self.eta_names),))
-            for i, name in enumerate(self.eta_names):
-                p[name] = p[name] * jnp.exp(eta[i])
+        for name, value in eta.items():
+            p[name] = p[name] * jnp.exp(value)
         for name in ("tumor_burden", "platelets0", "crp0", "ferritin0", "ang2_0", "nfl0", "ld_intensity",
                      "car_dose_per_kg", "weight_kg", "age_years"):
             p[name] = cov[name]
@@ -160,7 +201,7 @@ class PopulationSampler:
         p["fibrinogen0"] = jnp.asarray(3.2, dtype=jnp.float32) * (cov["crp0"] / 5.0) ** 0.1
         # Reiber: upper reference of the albumin quotient is age/25 + 8 (x1e-3).
         p["qalb0"] = 0.65 * (cov["age_years"] / 25.0 + 8.0)
-        return cov, p
+        return p
 
 
 def covariate_effects(cov, p) -> dict[str, jax.Array]:

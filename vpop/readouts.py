@@ -101,7 +101,8 @@ def neurology(neuro_max, qalb_max, p):
 
 def seizure(neuro_max, dt_days, key, row_index, p):
     """Seizure in the interval, drawn from the patient's own stream."""
-    u = jax.random.uniform(jax.random.fold_in(key, row_index))
+    draw = lambda k: jax.random.uniform(jax.random.fold_in(k, row_index))  # noqa: E731
+    u = draw(key) if key.ndim == 1 else jax.vmap(draw)(key)  # one key, or a batch of keys
     hazard = p["seizure_hazard"] * jnp.maximum(neuro_max - p["seizure_threshold"], 0.0)
     prob = -jnp.expm1(-hazard * dt_days)
     kind = jnp.where(u < prob * p["seizure_prolonged_fraction"], SZ["prolonged_or_repetitive"],

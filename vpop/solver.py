@@ -127,14 +127,14 @@ def integrate_interval(production_loss, observe, t0, t1, y, p, substeps: int, rt
         y, worst, err = carry
         t = t0 + i * h
         y_next, est = STEPPERS[method](production_loss, t, y, h, p)
-        scaled = jnp.max(jnp.abs(est) / (atol + rtol * jnp.abs(y_next)))
+        scaled = jnp.max(jnp.abs(est) / (atol + rtol * jnp.abs(y_next)), axis=0)
         on_mark = (i + 1) % per_mark == 0
         obs = observe(t + h, y_next, p)
         worst = tuple(jnp.where(on_mark, jnp.maximum(w, o), w) for w, o in zip(worst, obs))
         return y_next, worst, jnp.maximum(err, scaled)
 
     worst0 = tuple(jnp.full_like(o, -jnp.inf) for o in observe(t0, y, p))
-    err0 = jnp.zeros((), dtype=y.dtype)
+    err0 = jnp.zeros(y.shape[1:], dtype=y.dtype)  # one per patient
     return jax.lax.fori_loop(0, substeps, body, (y, worst0, err0))
 
 
