@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vpop import engine as engine_mod
+from vpop import patient_table as patient_table_mod
 from vpop.config import SimulationConfig
 from vpop.grading.encoding import CEREBRAL_EDEMA, CONSCIOUSNESS, DEATH_CAUSE, O2_DEVICES, SEIZURE
 from vpop.grading.episodes import episode_summary_grid
@@ -109,14 +110,18 @@ def simulate(
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
-    n = config.n if n is None else int(n)
+    table = patient_table_mod.table_of(config)  # population.patients_file: covariates as given
+    n = (config.n if n is None else int(n)) if table is None else table.cohort_size(n)
     seed = config.seed if seed is None else int(seed)
-    batch = min(config.batch_size, n)
+    from vpop import sharding  # every local device; one device: engine.compiled_batch
+
+    batch = sharding.global_batch(config.batch_size, n)  # batch_size per device
     settings = replace(config.engine, record_rows=record_rows)
     sampler = PopulationSampler(config.population, config.parameters)
     policy = config.policy.to_arrays(dtype)
     sample = _compiled_sampler(sampler, dtype)
-    run = engine_mod.compiled_batch(settings)
+    sample_given = patient_table_mod.given_sampler(sampler, dtype) if table is not None else None
+    run = sharding.batch_function(settings)
 
     t_start = time.perf_counter()
     compile_seconds = 0.0
@@ -124,9 +129,14 @@ def simulate(
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         ids = _padded_ids(start, n, batch)
-        keys = patient_keys(seed, ids)
-        pop_keys, event_keys = _split_keys(keys)
-        cov, p = sample(pop_keys)
+        if table is None:
+            keys = patient_keys(seed, ids)
+            pop_keys, event_keys = _split_keys(keys)
+            cov, p = sample(pop_keys)
+        else:
+            keys, given, eta = patient_table_mod.batch_rows(table, ids, seed)
+            pop_keys, event_keys = _split_keys(keys)
+            cov, p = sample_given(pop_keys, given, eta)
         if start == 0:
             t0 = time.perf_counter()
             run = _executable(run, settings, p, event_keys, policy)
@@ -143,7 +153,7 @@ def simulate(
     cov = {k: np.concatenate([c[k] for c in cov_parts]) for k in cov_parts[0]}
     rows = {k: np.concatenate([r[k] for r in row_parts]) for k in row_parts[0]}
     summ = {k: np.concatenate([s[k] for s in sum_parts]) for k in sum_parts[0]}
-    ids = np.arange(n)
+    ids = np.arange(n) if table is None else table.ids[:n]
     patients = patient_table(ids, cov, rows, summ, settings)
     observations = observation_table(ids, rows, settings) if record_rows else None
     return CohortResult(config, patients, observations, compile_seconds, elapsed - compile_seconds)
@@ -155,7 +165,7 @@ _EXECUTABLES: dict = {}
 def _executable(jitted, settings, *args):
     """Compiled engine for these settings and argument shapes (compiled once per process)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves))
+    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves))
     if key not in _EXECUTABLES:
         _EXECUTABLES[key] = jitted.lower(*args).compile()
     return _EXECUTABLES[key]

@@ -26,6 +26,15 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: vpop-out/<config name>)")
     parser.add_argument("--no-observations", action="store_true", help="do not write observations.parquet")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Large cohorts (vpop.streaming, docs/scaling.md).
+    parser.add_argument("--stream", action="store_true",
+                        help="write a partitioned dataset OUT/patients/part-*.parquet chunk by chunk (bounded memory)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="with --stream: patients per part (default: 4 batches)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --stream: continue an interrupted run in OUT (refused if OUT is another run)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="with --stream: jax.distributed.initialize() first; processes share the chunks")
     parser.set_defaults(func=run)
 
 
@@ -36,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--n: got {args.n}; allowed: an integer >= 1")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed: got {args.seed}; allowed: an integer >= 0")
+    from vpop import compile_cache
+
+    compile_cache.enable()  # persistent JAX compilation cache (VPOP_NO_CACHE=1 turns it off)
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("vpop-out") / config.name
     if out.exists() and not out.is_dir():
@@ -44,8 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from vpop import __version__
     from vpop.cohort import simulate
 
-    n = config.n if args.n is None else args.n
+    from vpop.patient_table import cohort_size
+
+    n = cohort_size(config, args.n)  # cohort.n, --n, or a patient table's rows (at most --n)
     seed = config.seed if args.seed is None else args.seed
+    if args.stream or args.resume or args.distributed or args.chunk_size is not None:
+        from vpop import streaming
+
+        return streaming.run_cli(args, config, n, seed, out, _run_with_progress)
     result = _run_with_progress(simulate, config, n, seed, not args.no_observations, quiet=args.quiet)
 
     resolved = config.resolved_dict()
@@ -68,7 +86,7 @@ def _run_with_progress(simulate, config, n, seed, record, quiet):
     ) as bar:
         task = bar.add_task("sim", total=n)
         return simulate(config, n=n, seed=seed, record_rows=record,
-                        progress=lambda done, total: bar.update(task, completed=done))
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def _write_outputs(out: Path, result, resolved: dict) -> None:
