@@ -1,0 +1,74 @@
+"""Benchmarks of the trial-design layer: simulated dose-escalation trials and a scenario sweep.
+
+    python scripts/bench_trials.py                      # trials only (seconds)
+    python scripts/bench_trials.py --sweep --n 200      # + a 5-dose x 3-policy sweep of n patients per cell
+
+Prints one line per measurement; docs/performance.md (## Trial design) quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from vpop import designs
+
+
+def bench_designs(trials: int) -> None:
+    pool = designs.PatientPool.from_probabilities([0.05, 0.12, 0.30, 0.50, 0.70], n_pool=100_000)
+    for name in ("boin", "3+3", "crm"):
+        t0 = time.perf_counter()
+        res = designs.run_design(name, pool, target=0.3, n_trials=trials, seed=0)
+        dt = time.perf_counter() - t0
+        s = res.summary()
+        print(f"{name:5s} {trials} trials (5 doses, 10 cohorts of 3): {dt:.3f} s; "
+              f"P(select dose 3) = {res.operating_characteristics().loc[2, 'p_select']:.3f}, "
+              f"mean N = {s['mean_patients']:.1f}", flush=True)
+
+
+SWEEP = """\
+name: bench 5 doses x 3 policies
+config: default.yaml
+cohort: {{n: {n}, seed: 0}}
+schedule: {{days: {days}}}
+factors:
+  dose_multiplier: [0.25, 0.5, 1, 2, 4]
+  policy: [asco2021, none, prophylactic_dex]
+scales: [astct]
+observations: true
+"""
+
+
+def bench_sweep(n: int, days: float) -> None:
+    from vpop.sweep import run_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_text(SWEEP.format(n=n, days=days))
+        t0 = time.perf_counter()
+        res = run_sweep(path, Path(tmp) / "out")
+        dt = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        again = run_sweep(path, Path(tmp) / "out")
+        dt2 = time.perf_counter() - t1
+    print(f"sweep 5 doses x 3 policies x {n} patients x {days:g} days: {dt:.1f} s for {res.ran} cells "
+          f"({len(res.table)} rows; includes one compile); resumed run {dt2:.2f} s ({again.skipped} cells skipped)",
+          flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=2000)
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--days", type=float, default=28.0)
+    args = ap.parse_args()
+    bench_designs(args.trials)
+    if args.sweep:
+        bench_sweep(args.n, args.days)
+
+
+if __name__ == "__main__":
+    main()
