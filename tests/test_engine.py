@@ -141,3 +141,27 @@ def test_changing_n_seed_or_parameters_never_recompiles(default_config):
         engine.simulate_patient = original
         engine.compiled_batch.cache_clear()
         cohort._EXECUTABLES.clear()
+
+
+def test_patients_do_not_depend_on_the_x64_mode(default_config):
+    """Random draws are float32 in both modes, so float32 and float64 runs simulate the same patients."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, numpy as np, jax.numpy as jnp\n"
+        "from vpop.config import load_config\n"
+        "from vpop.cohort import _compiled_sampler, _split_keys\n"
+        "from vpop.population import PopulationSampler, patient_keys\n"
+        "cfg = load_config(None)\n"
+        "k, _ = _split_keys(patient_keys(0, np.arange(6)))\n"
+        "cov, p = _compiled_sampler(PopulationSampler(cfg.population, cfg.parameters), jnp.float32)(k)\n"
+        "print(json.dumps({n: np.asarray(cov[n], float).tolist() for n in ('tumor_burden', 'age_years')}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "JAX_ENABLE_X64": "0"})
+    no_x64 = json.loads(out.stdout.strip().splitlines()[-1])
+    cov, _, _ = sample_patients(default_config, np.arange(6), dtype=jnp.float32)
+    for name, values in no_x64.items():
+        np.testing.assert_allclose(np.asarray(cov[name], float), values, rtol=1e-6)

@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vpop import __version__
     from vpop.grading import cli as grade_cli
     from vpop import simulate_cli
+    from vpop.fitting import cli as fit_cli
+    from vpop import trial_cli
+    from vpop import population_cli
 
     parser = argparse.ArgumentParser(
         prog="vpop",
@@ -26,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     simulate_cli.register(subparsers)
     grade_cli.register(subparsers)
+    fit_cli.register(subparsers)
+    trial_cli.register(subparsers)
+    population_cli.register(subparsers)
     return parser
 
 

@@ -110,19 +110,19 @@ class PopulationSampler:
         self.typical = typical_values()
         self.typical.update(spec.product_parameters)
         self.typical.update(parameter_overrides or {})
-        self.cov_chol = jnp.asarray(cholesky_or_raise(COVARIATES, spec.correlations, "population.correlations"))
+        self.cov_chol = jnp.asarray(cholesky_or_raise(COVARIATES, spec.correlations, "population.correlations"), jnp.float32)
         self.eta_names = tuple(spec.omega)
         if self.eta_names:
             chol = cholesky_or_raise(self.eta_names, spec.omega_correlations, "population.variability correlations")
             sd = np.array([spec.omega[n] for n in self.eta_names])
-            self.eta_chol = jnp.asarray(sd[:, None] * chol)
+            self.eta_chol = jnp.asarray(sd[:, None] * chol, jnp.float32)
         else:
-            self.eta_chol = jnp.zeros((0, 0))
+            self.eta_chol = jnp.zeros((0, 0), jnp.float32)
 
     def covariates(self, key) -> dict[str, jax.Array]:
         """One patient's covariates (a dict of scalars)."""
         k_z, k_sex = jax.random.split(key)
-        z = self.cov_chol @ jax.random.normal(k_z, (len(COVARIATES),))
+        z = self.cov_chol @ jax.random.normal(k_z, (len(COVARIATES),), dtype=jnp.float32)
         out = {}
         for i, name in enumerate(COVARIATES):
             m = self.spec.marginals[name]
@@ -131,7 +131,7 @@ class PopulationSampler:
             else:
                 v = m.center * jnp.exp(m.spread * z[i])
             out[name] = jnp.clip(v, m.low, m.high)
-        out["female"] = (jax.random.uniform(k_sex) < self.spec.female_fraction).astype(jnp.float32)
+        out["female"] = (jax.random.uniform(k_sex, dtype=jnp.float32) < self.spec.female_fraction).astype(jnp.float32)
         return self.derived_covariates(out)
 
     def individual(self, key) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
@@ -144,7 +144,7 @@ class PopulationSampler:
         """eta ~ MVN(0, Omega), by name (empty when no variability is configured)."""
         if not self.eta_names:
             return {}
-        eta = self.eta_chol @ jax.random.normal(k_eta, (len(self.eta_names),))
+        eta = self.eta_chol @ jax.random.normal(k_eta, (len(self.eta_names),), dtype=jnp.float32)
         return {name: eta[i] for i, name in enumerate(self.eta_names)}
 
     def patient_random_effects(self, key) -> dict[str, jax.Array]:
@@ -161,7 +161,7 @@ class PopulationSampler:
         out = dict(cov)
         if "female" not in out:
             k_sex = jax.random.split(key)[1]
-            out["female"] = (jax.random.uniform(k_sex) < self.spec.female_fraction).astype(jnp.float32)
+            out["female"] = (jax.random.uniform(k_sex, dtype=jnp.float32) < self.spec.female_fraction).astype(jnp.float32)
         out["easix"] = out["ldh"] * out["creatinine"] / out["platelets0"]
         out["m_easix"] = out["ldh"] * (out["crp0"] / 10.0) / out["platelets0"]  # CRP in mg/dL
         if "car_dose_per_kg" not in out:

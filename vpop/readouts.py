@@ -101,7 +101,8 @@ def neurology(neuro_max, qalb_max, p):
 
 def seizure(neuro_max, dt_days, key, row_index, p):
     """Seizure in the interval, drawn from the patient's own stream."""
-    draw = lambda k: jax.random.uniform(jax.random.fold_in(k, row_index))  # noqa: E731
+    # float32 draws whatever the x64 mode, so a patient's seizures do not depend on precision.
+    draw = lambda k: jax.random.uniform(jax.random.fold_in(k, row_index), dtype=jnp.float32)  # noqa: E731
     u = draw(key) if key.ndim == 1 else jax.vmap(draw)(key)  # one key, or a batch of keys
     hazard = p["seizure_hazard"] * jnp.maximum(neuro_max - p["seizure_threshold"], 0.0)
     prob = -jnp.expm1(-hazard * dt_days)

@@ -1,0 +1,317 @@
+"""The hierarchical NumPyro model of patient time courses (docs/fitting.md).
+
+For free parameters theta_1..theta_F (names from the parameter table):
+
+    log theta_pop,f ~ Normal(log theta_ref,f, s_f)   s_f = (log high - log low) / 4
+    omega_f         ~ HalfNormal(omega_prior)
+    z_i,f           ~ Normal(0, 1)                   (non-centred: eta = omega * z)
+    theta_i,f       = base_i,f * (theta_pop,f / theta_ref,f) * exp(omega_f z_i,f)
+
+theta_ref is the config's typical value (the table value unless the config
+overrides it), so the prior's ±2 SD span the table's plausible range. base_i
+holds patient i's parameters at the typical values given their covariates
+(covariate effects of `vpop.population.covariate_effects`; missing covariates
+at the config's population median); parameters that are not fitted stay there.
+
+Each patient is integrated with the model and the exponential integrator on a
+uniform grid (spacing `grid_hours`, `substeps` steps per grid interval; doses
+as boluses at the nearest grid point), `vmap`ped over patients inside the
+model. Predictions at observation times are linear in log between grid points.
+
+Likelihoods:
+(a) log DV ~ Normal(log prediction, sigma_analyte) for quantified values;
+    a value below the LLOQ adds log Phi((log LLOQ - log prediction) / sigma)
+    (censored, M3), never log density at the LLOQ;
+(b) observed maximum CRS / ICANS grades (0-4, grade 5 counted as 4) are
+    ordered-logistic on beta * log(severity index + eps), with the peak
+    capillary leak (CRS) and peak neuronal dysfunction (ICANS) of the
+    patient's simulated course as indices, and ordered cutpoints.
+(c) cohort tables: `vpop.fitting.cohort_tables`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.stats import norm
+
+from vpop import model as vmodel
+from vpop import readouts
+from vpop.errors import UserError
+from vpop.fitting.data import DOSE_KINDS, PatientData
+from vpop.parameters import TABLE
+from vpop.population import COVARIATES, PopulationSampler
+from vpop.solver import STEPPERS
+
+DEFAULT_FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")
+GRADE_CATEGORIES = 5  # grades 0-4 (5 counted as 4)
+SEVERITY_EPS = {"crs": 1e-3, "icans": 1e-3}
+SEVERITY_STATE = {"crs": "leak", "icans": "neuro"}
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """Static solve settings of the fitting model (changing them recompiles)."""
+
+    grid_hours: float = 6.0
+    substeps: int = 4
+    method: str = "etd2"
+
+    @property
+    def dt(self) -> float:
+        return self.grid_hours / 24.0
+
+
+def reference_value(name: str, typical: dict) -> float:
+    return float(typical[name]) if name in typical else 1.0
+
+
+def prior_scale(name: str) -> float:
+    """SD of the log-normal prior: the plausible range spans ±2 SD."""
+    low, high = TABLE[name].low, TABLE[name].high
+    if low <= 0:  # a range from 0: use a factor 10 either side of the top / 10
+        low = high / 100.0
+    return (math.log(high) - math.log(low)) / 4.0
+
+
+def check_free(free) -> tuple[str, ...]:
+    free = tuple(free)
+    for name in free:
+        if name not in TABLE:
+            raise UserError(f"free parameter {name!r}: not a parameter of the table (docs/model.md); the mechanism "
+                            "sensitivities carry the config's variability and cannot be fitted as typical values")
+        if name in COVARIATES or name in ("vwf_0", "fibrinogen0", "qalb0"):
+            raise UserError(f"free parameter {name!r}: is set per patient from covariates")
+    if len(set(free)) != len(free) or not free:
+        raise UserError(f"free parameters: need one or more distinct names, got {free}")
+    return free
+
+
+@dataclass
+class FitProblem:
+    """Everything the NumPyro model needs, as arrays (one leading patient axis)."""
+
+    free: tuple[str, ...]
+    analytes: tuple[str, ...]
+    settings: GridSettings
+    n_grid: int
+    log_ref: np.ndarray  # (F,)
+    prior_sd: np.ndarray  # (F,)
+    base: dict  # name -> (n,)
+    doses: np.ndarray  # (n, n_grid + 1, len(DOSE_KINDS)) mg at grid points
+    obs_k: np.ndarray  # (n, m) grid interval of each observation
+    obs_w: np.ndarray  # (n, m) interpolation weight
+    obs_analyte: np.ndarray  # (n, m)
+    obs_logv: np.ndarray  # (n, m) log DV (log LLOQ for censored)
+    obs_cens: np.ndarray  # (n, m) bool
+    obs_mask: np.ndarray  # (n, m) bool, False for padding
+    grades: dict = field(default_factory=dict)  # "crs"/"icans" -> (n,) int, -1 missing
+    ids: list = field(default_factory=list)
+    omega_prior: float = 0.5
+    sigma_prior: float = 0.5
+
+    @property
+    def n(self) -> int:
+        return self.doses.shape[0]
+
+    @property
+    def typical(self) -> dict:
+        return {f: float(np.exp(v)) for f, v in zip(self.free, self.log_ref)}
+
+
+def patient_covariates(config, given: dict) -> dict:
+    """A patient's covariates: the given ones, the population median for the rest."""
+    cov = {}
+    for name in COVARIATES:
+        if name in given:
+            cov[name] = float(given[name])
+        else:
+            cov[name] = float(config.population.marginals[name].center)
+    for name in ("car_dose_per_kg", "ld_intensity", "female"):
+        if name in given:
+            cov[name] = float(given[name])
+    cov.setdefault("female", 0.0)
+    return cov
+
+
+def base_parameters(config, covariates: list[dict]) -> dict:
+    """Typical parameters given each patient's covariates (no random effects), float64 numpy."""
+    sampler = PopulationSampler(config.population, config.parameters)
+    rows = []
+    for cov in covariates:
+        full = sampler.derived_covariates({k: jnp.asarray(v) for k, v in patient_covariates(config, cov).items()})
+        p = sampler._parameters(full, {})  # the population's covariate model, eta = 0
+        rows.append({k: float(v) for k, v in p.items()})
+    return {k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+
+
+def build_problem(data: PatientData, config, free=DEFAULT_FREE, settings: GridSettings = GridSettings(),
+                  days: float | None = None, omega_prior: float = 0.5, use_grades: bool = True) -> FitProblem:
+    """Arrays of the fitting model from patient data and a config."""
+    free = check_free(free)
+    if data.n == 0:
+        raise UserError(f"{data.source}: no patients")
+    base = base_parameters(config, data.covariates)
+    typical = dict(PopulationSampler(config.population, config.parameters).typical)
+    log_ref = np.log([reference_value(f, typical) for f in free])
+    dt = settings.dt
+    days = data.t_max if days is None else days
+    n_grid = max(1, int(math.ceil(days / dt - 1e-9)))
+    m = max(1, max(len(t) for t in data.obs_time))
+    n = data.n
+    obs_k = np.zeros((n, m), np.int32)
+    obs_w = np.zeros((n, m))
+    obs_a = np.zeros((n, m), np.int32)
+    obs_v = np.zeros((n, m))
+    obs_c = np.zeros((n, m), bool)
+    obs_mask = np.zeros((n, m), bool)
+    doses = np.zeros((n, n_grid + 1, len(DOSE_KINDS)))
+    for i in range(n):
+        t = data.obs_time[i]
+        j = len(t)
+        x = np.minimum(t / dt, n_grid)
+        k = np.minimum(np.floor(x), n_grid - 1).astype(np.int32)
+        obs_k[i, :j], obs_w[i, :j] = k, x - k
+        obs_a[i, :j] = data.obs_analyte[i]
+        obs_v[i, :j] = np.log(data.obs_value[i])
+        obs_c[i, :j] = data.obs_censored[i]
+        obs_mask[i, :j] = True
+        for td, kind, mg in zip(data.dose_time[i], data.dose_kind[i], data.dose_mg[i]):
+            kk = int(round(td / dt))
+            if kk <= n_grid:
+                doses[i, kk, kind] += mg
+    grades = {}
+    if use_grades:
+        for kind, g in data.grades.items():
+            if np.any(g >= 0):
+                grades[kind] = np.minimum(g, GRADE_CATEGORIES - 1).astype(np.int32)
+    return FitProblem(free, data.analytes, settings, n_grid, log_ref,
+                      np.array([prior_scale(f) for f in free]), base, doses, obs_k, obs_w, obs_a, obs_v, obs_c,
+                      obs_mask, grades, list(data.ids), omega_prior)
+
+
+# --- the solve ---------------------------------------------------------------------------
+
+
+def individual(base_i: dict, free, log_factor):
+    """Patient parameters: base x exp(log_factor) for the free names."""
+    p = dict(base_i)
+    for j, name in enumerate(free):
+        p[name] = base_i[name] * jnp.exp(log_factor[j])
+    return p
+
+
+def solve_grid(p, doses, n_grid: int, settings: GridSettings):
+    """States at grid points 0..n_grid (before that point's doses), shape (n_grid + 1, n_states)."""
+    dt = settings.dt
+    y0 = vmodel.initial_state(p)
+    I = vmodel.IDX
+    stepper = STEPPERS[settings.method]
+
+    def step(y, k):
+        d = doses[k]
+        y_rec = y
+        y = y.at[I["toci"]].add(d[0])
+        y = y.at[I["dex_central"]].add(d[1] + d[3] * p["mp_to_dex"])
+        y = y.at[I["dex_depot"]].add(d[2] * p["dex_bioavailability"])
+        y = y.at[I["anakinra"]].add(d[4])
+        t0 = k * dt
+        h = dt / settings.substeps
+
+        def sub(j, yy):  # static trip count: reverse-mode differentiable
+            return stepper(vmodel.production_loss, t0 + j * h, yy, h, p)[0]
+
+        y_next = jax.lax.fori_loop(0, settings.substeps, sub, y)
+        return y_next, y_rec
+
+    y_last, ys = jax.lax.scan(step, y0, jnp.arange(n_grid))
+    return jnp.concatenate([ys, y_last[None]], axis=0)
+
+
+def predict_patient(base_i, doses_i, log_factor, free, analytes, n_grid, settings):
+    """(log biomarker trajectory (n_grid + 1, A), severity indices {crs, icans})."""
+    p = individual(base_i, free, log_factor)
+    ys = solve_grid(p, doses_i, n_grid, settings)
+    bio = jax.vmap(lambda y: readouts.biomarkers(y, p))(ys)
+    traj = jnp.stack([bio[a] for a in analytes], axis=-1)
+    log_traj = jnp.log(jnp.maximum(traj, 1e-12))
+    severity = {k: jnp.max(ys[:, vmodel.IDX[s]]) for k, s in SEVERITY_STATE.items()}
+    return log_traj, severity
+
+
+def predictions(problem: FitProblem, log_factors):
+    """vmapped over patients: log predictions at the observations (n, m) and severities (n,)."""
+    base = {k: jnp.asarray(v) for k, v in problem.base.items()}
+
+    def one(b, d, lf, k, w):
+        log_traj, sev = predict_patient(b, d, lf, problem.free, problem.analytes, problem.n_grid, problem.settings)
+        return log_traj, sev, k, w
+
+    log_traj, sev, _, _ = jax.vmap(one)(base, jnp.asarray(problem.doses), log_factors,
+                                        jnp.asarray(problem.obs_k), jnp.asarray(problem.obs_w))
+    n = log_traj.shape[0]
+    rows = jnp.arange(n)[:, None]
+    a = jnp.asarray(problem.obs_analyte)
+    k = jnp.asarray(problem.obs_k)
+    w = jnp.asarray(problem.obs_w)
+    at_obs = (1.0 - w) * log_traj[rows, k, a] + w * log_traj[rows, k + 1, a]
+    return at_obs, sev, log_traj
+
+
+def censored_normal_loglik(log_lloq, mu, sd):
+    """log P(log y < log LLOQ) for log y ~ Normal(mu, sd)."""
+    return norm.logcdf((log_lloq - mu) / sd)
+
+
+def population_model(free, log_ref, prior_sd, cohort):
+    """Cohort tables only: typical values, no patient-level data (used for calibration)."""
+    log_theta = numpyro.sample("log_theta", dist.Normal(jnp.asarray(log_ref), jnp.asarray(prior_sd)).to_event(1))
+    numpyro.deterministic("theta", jnp.exp(log_theta))
+    cohort.add_likelihood(log_theta, jnp.asarray(log_ref), free)
+
+
+def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = False):
+    """The NumPyro model. `cohort` adds a cohort-table likelihood (`cohort_tables.CohortLikelihood`).
+
+    `ignore_censoring=True` treats BLQ values as observed at the LLOQ (wrong; kept
+    only so the tests can show that the censored likelihood matters).
+    """
+    F, A = len(problem.free), max(1, len(problem.analytes))
+    log_theta = numpyro.sample("log_theta", dist.Normal(jnp.asarray(problem.log_ref), jnp.asarray(problem.prior_sd)).to_event(1))
+    omega = numpyro.sample("omega", dist.HalfNormal(problem.omega_prior * jnp.ones(F)).to_event(1))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(problem.sigma_prior * jnp.ones(A)).to_event(1))
+    with numpyro.plate("patients", problem.n):
+        z = numpyro.sample("z", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
+    log_factors = (log_theta - jnp.asarray(problem.log_ref)) + omega * z
+    numpyro.deterministic("theta", jnp.exp(log_theta))
+    mu, sev, _ = predictions(problem, log_factors)
+    sd = sigma[jnp.asarray(problem.obs_analyte)]
+    mask = jnp.asarray(problem.obs_mask)
+    cens = jnp.asarray(problem.obs_cens)
+    y = jnp.asarray(problem.obs_logv)
+    if ignore_censoring:
+        numpyro.sample("obs", dist.Normal(mu, sd).mask(mask), obs=y)
+    else:
+        numpyro.sample("obs", dist.Normal(mu, sd).mask(mask & ~cens), obs=y)
+        numpyro.factor("blq", jnp.sum(jnp.where(mask & cens, censored_normal_loglik(y, mu, sd), 0.0)))
+    for kind, grades in problem.grades.items():
+        beta = numpyro.sample(f"{kind}_beta", dist.LogNormal(0.0, 1.0))
+        cut = numpyro.sample(
+            f"{kind}_cutpoints",
+            dist.TransformedDistribution(dist.Normal(0.0, 5.0).expand([GRADE_CATEGORIES - 1]).to_event(1),
+                                         dist.transforms.OrderedTransform()),
+        )
+        eta_sev = beta * jnp.log(sev[kind] + SEVERITY_EPS[kind])
+        g = jnp.asarray(grades)
+        observed = g >= 0
+        with numpyro.plate(f"{kind}_patients", problem.n):
+            numpyro.sample(f"{kind}_grade", dist.OrderedLogistic(eta_sev, cut).mask(observed),
+                           obs=jnp.where(observed, g, 0))
+    if cohort is not None:
+        cohort.add_likelihood(log_theta, jnp.asarray(problem.log_ref), problem.free)
