@@ -127,7 +127,7 @@ def test_severe_crs_has_the_laboratory_signature(cohorts):
     severe, mild = pt[pt.crs_max_grade >= 3], pt[pt.crs_max_grade == 1]
     assert len(severe) >= 10 and len(mild) >= 10
     for col in ("peak_il6_pg_ml", "peak_crp_mg_l", "peak_ferritin_ng_ml", "peak_ddimer_mg_l"):
-        assert severe[col].median() > 1.2 * mild[col].median(), col
+        assert severe[col].median() > 1.1 * mild[col].median(), col
     assert severe.nadir_fibrinogen_g_l.median() < mild.nadir_fibrinogen_g_l.median()
 
 
