@@ -36,11 +36,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker_vpop(n: int) -> dict:
-    from vpop.cohort import simulate
+SUBSTEPS = None  # --substeps: override the default steps per interval
+
+
+def _config():
+    from dataclasses import replace
+
     from vpop.config import load_config
 
     cfg = load_config(None)
+    return cfg if SUBSTEPS is None else replace(cfg, engine=replace(cfg.engine, substeps=SUBSTEPS))
+
+
+def worker_vpop(n: int) -> dict:
+    from vpop.cohort import simulate
+
+    cfg = _config()
     t0 = time.perf_counter()
     r = simulate(cfg, n=n, seed=0, record_rows=False)
     wall = time.perf_counter() - t0
@@ -121,9 +132,8 @@ def worker_agreement(n: int) -> dict:
     from dataclasses import replace
 
     from vpop.cohort import simulate
-    from vpop.config import load_config
 
-    cfg = load_config(None)
+    cfg = _config()
     fast = simulate(cfg, n=n, seed=0, record_rows=False).patients
     ref_cfg = replace(cfg, dtype="float64", engine=replace(cfg.engine, substeps=96))
     ref = simulate(ref_cfg, n=n, seed=0, record_rows=False).patients
@@ -137,7 +147,8 @@ WORKERS = {"vpop": worker_vpop, "scipy": worker_scipy, "diffrax": worker_diffrax
 
 
 def _spawn(kind: str, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n)],
+    extra = [] if SUBSTEPS is None else ["--substeps", str(SUBSTEPS)]
+    out = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n), *extra],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -148,9 +159,12 @@ def main(argv=None) -> None:
     ap.add_argument("--scipy-n", type=int, default=20)
     ap.add_argument("--diffrax-sizes", default="1000,10000")
     ap.add_argument("--agreement-n", type=int, default=10000)
+    ap.add_argument("--substeps", type=int, default=None, help="steps per assessment interval (default: the config's)")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global SUBSTEPS
+    SUBSTEPS = args.substeps
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args.n)))
         return
