@@ -446,8 +446,8 @@ def config_from_dict(data: dict, source: str = "<config>") -> SimulationConfig:
         days=need("schedule", "days"),
         assessment_hours=schedule.get("assessment_hours", 6.0),
         substeps=solver.get("substeps", 6),
-        rtol=solver.get("rtol", 1e-2),
-        atol=solver.get("atol", 1e-3),
+        rtol=solver.get("rtol", 0.1),
+        atol=solver.get("atol", 0.05),
         crs_scales=crs,
         neuro_scales=neuro,
     )

@@ -61,10 +61,10 @@ class EngineSettings:
 
     days: float = 28.0
     assessment_hours: float = 6.0
-    substeps: int = 12
+    substeps: int = 6
     method: str = "etdrk4"
-    rtol: float = 1e-2
-    atol: float = 1e-3
+    rtol: float = 0.1
+    atol: float = 0.05
     record_rows: bool = True
     crs_scales: tuple[str, ...] = tuple(CRS_SCALES)
     neuro_scales: tuple[str, ...] = tuple(NEURO_SCALES)
