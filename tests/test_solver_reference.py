@@ -11,7 +11,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from vpop import model, readouts
-from vpop.solver import _phi123, integrate_interval
+from vpop.solver import _etdrk4_coefficients, integrate_interval
 
 from helpers import one, sample_patients
 
@@ -89,10 +89,21 @@ def test_etdrk4_converges_at_fourth_order(default_config):
     assert order > 3.0, errs
 
 
-def test_phi_functions_are_continuous_at_the_series_switch():
-    z = jnp.asarray([-1.0 - 1e-9, -1.0 + 1e-9, -1e-12, 0.0, -40.0])
-    phi1, phi2, phi3 = (np.asarray(x) for x in _phi123(z))
-    np.testing.assert_allclose(phi1[0], phi1[1], rtol=1e-7)
-    np.testing.assert_allclose(phi3[0], phi3[1], rtol=1e-6)
-    np.testing.assert_allclose([phi1[3], phi2[3], phi3[3]], [1.0, 0.5, 1.0 / 6.0])
-    np.testing.assert_allclose(phi1[4], (np.exp(-40.0) - 1) / -40.0)
+def test_etdrk4_coefficients_match_their_definitions_across_the_series_switch():
+    z = np.concatenate([-np.logspace(-9, 2, 300), [-0.5 - 1e-9, -0.5 + 1e-9, 0.0]])
+    e, e2, q1, f1, f2, f3 = (np.asarray(x) for x in _etdrk4_coefficients(jnp.asarray(z)))
+    # Exact definitions in extended precision, with the z -> 0 limits.
+    zl = np.asarray(z, dtype=np.longdouble)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        em1 = np.expm1(zl)
+        want = {
+            "e": np.exp(zl), "e2": np.exp(zl / 2), "q1": np.where(zl == 0, 1, np.expm1(zl / 2) / (zl / 2)),
+            "f1": np.where(zl == 0, 1, em1 / zl), "f2": np.where(zl == 0, 0.5, (em1 - zl) / zl**2),
+            "f3": np.where(zl == 0, 1 / 6, (em1 - zl - zl**2 / 2) / zl**3),
+        }
+    small = np.abs(z) < 1e-3  # the long-double formulas themselves cancel there; use series
+    want["f2"] = np.where(small, 0.5 + z / 6, want["f2"])
+    want["f3"] = np.where(small, 1 / 6 + z / 24, want["f3"])
+    for name, got in zip(("e", "e2", "q1", "f1", "f2", "f3"), (e, e2, q1, f1, f2, f3)):
+        w = np.asarray(want[name], dtype=float)
+        np.testing.assert_allclose(got, w, rtol=2e-6, atol=1e-14, err_msg=name)

@@ -40,23 +40,6 @@ def _phi12(z):
     return phi1, phi2
 
 
-def _phi123(z):
-    """phi1, phi2, phi3 of z, elementwise; Taylor series for |z| < 1."""
-    small = jnp.abs(z) < 1.0
-    zs = jnp.where(small, 1.0, z)
-    em1 = jnp.expm1(zs)
-    d1 = em1 / zs
-    d2 = (em1 - zs) / zs**2
-    d3 = (em1 - zs - 0.5 * zs * zs) / zs**3
-    # Horner evaluation of sum_k z^k / (k + m)! for m = 1, 2, 3 (10 terms).
-    def series(m):
-        acc = jnp.zeros_like(z)
-        for k in range(9, -1, -1):
-            acc = acc * z + 1.0 / math.factorial(k + m)
-        return acc
-    return (jnp.where(small, series(1), d1), jnp.where(small, series(2), d2), jnp.where(small, series(3), d3))
-
-
 def _etdrk4_coefficients(z):
     """exp(z), exp(z/2), phi1(z/2), phi1(z), phi2(z), phi3(z) from one expm1.
 
