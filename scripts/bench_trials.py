@@ -37,7 +37,7 @@ factors:
   dose_multiplier: [0.25, 0.5, 1, 2, 4]
   policy: [asco2021, none, prophylactic_dex]
 scales: [astct]
-observations: true
+
 """
 
 

@@ -85,10 +85,25 @@ def test_prophylactic_dex_reduces_icans_with_ci(small_comparison):
     rates = small_comparison.rates.set_index(["policy", "endpoint"])["rate"]
     assert row["difference"] == pytest.approx(rates["prophylactic_dex", "ICANS grade >= 3 (astct)"]
                                               - rates["none", "ICANS grade >= 3 (astct)"])
-    # with no management, no tocilizumab; the ICU-level endpoints come from observations
+    # with no management, no tocilizumab
     assert rates["none", "tocilizumab given"] == 0.0
     assert rates["none", "ICU-level support"] >= rates["none", "vasopressors"]
     assert set(compare.endpoint_names()) == set(diff.loc["prophylactic_dex"].index)
+
+
+def test_icu_support_tracked_by_engine_matches_the_observation_table(default_config):
+    from vpop.cohort import simulate
+
+    # untreated, so that some patients reach vasopressors and positive pressure
+    res = simulate(replace(small_config(default_config), policy=PRESETS["none"]), n=N, seed=1)
+    engine = compare.patient_endpoints(res.patients)
+    legacy = res.patients.drop(columns=["max_vasopressors", "positive_pressure_ventilation"])
+    from_rows = compare.patient_endpoints(legacy, res.observations)
+    for col in ("vasopressors", "positive-pressure ventilation", "ICU-level support"):
+        np.testing.assert_array_equal(engine[col].to_numpy(), from_rows[col].to_numpy(), err_msg=col)
+    assert 0 < engine["vasopressors"].sum() < N and engine["positive-pressure ventilation"].sum() > 0
+    # without either source the ICU-level endpoints are left out rather than guessed
+    assert "ICU-level support" not in compare.patient_endpoints(legacy).columns
 
 
 def test_policy_compared_with_itself_gives_exactly_zero(small_comparison):

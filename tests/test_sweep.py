@@ -150,3 +150,46 @@ def test_compare_cli_writes_paired_differences(tmp_path, small_config_file, caps
     rates = pd.read_csv(out / "rates.csv")
     assert set(diff["policy"]) == {"prophylactic_dex"} and set(rates["policy"]) == {"none", "prophylactic_dex"}
     assert main(["compare", str(small_config_file), "--policies", "none,nonsense", "--n", "200"]) == 2
+
+
+def test_sweep_with_posterior_carries_parameter_uncertainty(tmp_path, small_config_file):
+    from test_posterior import write_posterior
+
+    from vpop.parameters import TABLE
+
+    typical = TABLE["car_prolif_max"].value
+    # two very different expansion rates: the posterior interval must span both cohorts' rates
+    write_posterior(tmp_path / "fit", {"car_prolif_max": np.repeat([0.5 * typical, 1.6 * typical], 10)})
+    path = write(tmp_path, """\
+name: posterior sweep
+config: small.yaml
+cohort: {n: 200, seed: 1}
+factors:
+  policy: [none]
+scales: [astct]
+posterior: {path: fit, draws: 2, n: 200}
+""")
+    res = sweep.run_sweep(path, tmp_path / "out")
+    t = res.table.set_index(["endpoint", "kind"])
+    assert np.isnan(t.loc[("CRS onset day (median)", "median"), "post_low"])  # medians get no posterior interval
+    row = t.loc[("CRS grade >= 3", "rate")]
+    assert row["post_draws"] == 2
+    assert row["post_low"] <= row["post_value"] <= row["post_high"]
+    assert row["post_high"] - row["post_low"] > 2 * (row["ci_high"] - row["ci_low"])
+    # a different posterior file is a different cell: nothing stale is reused
+    write_posterior(tmp_path / "fit", {"car_prolif_max": np.repeat([typical, typical], 10)})
+    again = sweep.run_sweep(path, tmp_path / "out")
+    assert again.ran == 1
+    narrow = again.table.set_index(["endpoint", "kind"]).loc[("CRS grade >= 3", "rate")]
+    assert narrow["post_high"] - narrow["post_low"] < row["post_high"] - row["post_low"]
+
+
+def test_sweep_posterior_errors_name_the_field(tmp_path, small_config_file):
+    base = "name: x\nconfig: small.yaml\nscales: [astct]\n"
+    with pytest.raises(ConfigError, match=r"posterior\.path: .*no fitted posterior"):
+        sweep.load_sweep(write(tmp_path, base + "posterior: {path: nowhere}\n"))
+    from test_posterior import write_posterior
+
+    write_posterior(tmp_path / "fit", {"car_prolif_max": np.ones(4)})
+    with pytest.raises(ConfigError, match=r"posterior\.draws: got 1; allowed: an integer >= 2"):
+        sweep.load_sweep(write(tmp_path, base + "posterior: {path: fit, draws: 1}\n"))

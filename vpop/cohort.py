@@ -218,6 +218,8 @@ def patient_table(ids, cov, rows, summ, settings) -> pd.DataFrame:
     for name in ("tocilizumab_mg", "dexamethasone_mg", "methylprednisolone_mg", "anakinra_mg"):
         df[name] = summ[name].astype(np.float64)
     df["steroids_given"] = (summ["dexamethasone_mg"] + summ["methylprednisolone_mg"]) > 0
+    df["max_vasopressors"] = summ["max_vasopressors"].astype(np.int64)
+    df["positive_pressure_ventilation"] = summ["positive_pressure_ventilation"].astype(bool)
     for key, value in summ.items():
         if key.startswith(("peak_", "nadir_")):
             df[key] = value.astype(np.float64)

@@ -88,13 +88,19 @@ def patient_endpoints(patients: pd.DataFrame, observations: pd.DataFrame | None 
     out["tocilizumab given"] = patients["tocilizumab_doses"].to_numpy() > 0
     out["corticosteroids given"] = patients["steroids_given"].to_numpy().astype(bool)
     out["died of CRS or ICANS"] = patients["death_cause"].isin(["crs", "icans"]).to_numpy()
-    if observations is not None:
+    if "max_vasopressors" in patients.columns:  # the engine tracks ICU-level support itself
+        vaso = patients["max_vasopressors"].to_numpy() >= 1
+        ppv = patients["positive_pressure_ventilation"].to_numpy().astype(bool)
+    elif observations is not None:  # patient tables from elsewhere: derive it from the charted rows
         g = observations.groupby("patient_id", observed=True)
         vaso = (g["vasopressors"].max() >= 1)
         ppv = observations["o2_device"].astype(str).isin(POSITIVE_PRESSURE).groupby(observations["patient_id"]).any()
         ids = patients["patient_id"]
         vaso = vaso.reindex(ids).fillna(False).to_numpy().astype(bool)
         ppv = ppv.reindex(ids).fillna(False).to_numpy().astype(bool)
+    else:
+        vaso = ppv = None
+    if vaso is not None:
         out["vasopressors"] = vaso
         out["positive-pressure ventilation"] = ppv
         out["ICU-level support"] = vaso | ppv
@@ -250,8 +256,8 @@ def compare_policies(config, policies, reference: str | None = None, n: int | No
 
     `policies`: a list of preset names / mappings / `PolicySettings` (named by
     their `name`), or a mapping name -> spec. The reference is the first policy
-    unless named. Without observations (`record_rows=False`) the ICU-level
-    endpoints are left out.
+    unless named. The ICU-level endpoints come from the engine's per-patient
+    record, so `record_rows=False` (no observation table) loses none of them.
     """
     from vpop.cohort import simulate
 

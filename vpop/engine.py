@@ -34,12 +34,15 @@ import numpy as np
 
 from vpop import model, policy as policy_mod, readouts
 from vpop.grading import astct
-from vpop.grading.encoding import DEATH_CAUSE
+from vpop.grading.encoding import DEATH_CAUSE, O2_DEVICES
 from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES
 from vpop.solver import integrate_interval
 
 
 DEATH = {name: i for i, name in enumerate(DEATH_CAUSE)}
+# CPAP, BiPAP and mechanical ventilation are coded last: positive pressure from here up.
+POSITIVE_PRESSURE_FROM = O2_DEVICES.index("cpap")
+assert O2_DEVICES[POSITIVE_PRESSURE_FROM:] == ("cpap", "bipap", "mechanical_ventilation")
 
 # Solver status per patient.
 STATUS_OK = 0
@@ -203,6 +206,9 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         "peaks": {k: full(-jnp.inf) for k in PEAK_BIOMARKERS},
         "nadirs": {k: full(jnp.inf) for k in NADIR_BIOMARKERS},
         "car_t_peak_day": full(0.0),  # time of the CAR-T peak (Tmax), day
+        # ICU-level support while alive, so endpoints need no observation table
+        "max_vasopressors": full(0, jnp.int32),
+        "positive_pressure": false,
     }
 
     def step(carry, k):
@@ -267,6 +273,9 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
             nadirs={n: jnp.where(row_alive, jnp.minimum(carry["nadirs"][n], bio[n]), carry["nadirs"][n]) for n in NADIR_BIOMARKERS},
             car_t_peak_day=jnp.where(row_alive & (bio["car_t_cells_per_ul"] > carry["peaks"]["car_t_cells_per_ul"]),
                                      t, carry["car_t_peak_day"]),
+            max_vasopressors=jnp.where(row_alive, jnp.maximum(carry["max_vasopressors"], row["vasopressors"]),
+                                       carry["max_vasopressors"]),
+            positive_pressure=carry["positive_pressure"] | (row_alive & (row["o2_device"] >= POSITIVE_PRESSURE_FROM)),
         )
         out = dict(grades)
         out["alive"] = row_alive
@@ -287,6 +296,8 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         **{f"peak_{n}": v for n, v in final["peaks"].items()},
         **{f"nadir_{n}": v for n, v in final["nadirs"].items()},
         "peak_car_t_day": final["car_t_peak_day"],  # Tmax of CAR-T in blood (first assessment at the peak)
+        "max_vasopressors": final["max_vasopressors"],
+        "positive_pressure_ventilation": final["positive_pressure"],
     }
     return rows, summary
 

@@ -14,7 +14,10 @@ the factors to cross:
       covariate: {name: tumor_burden, field: center, values: [0.5, 1.0, 2.0]}
       policy: [asco2021, none, {name: toci g1, preset: asco2021, toci_trigger_grade: 1}]
     scales: [astct, penn, cartox]  # grading scales of the graded endpoints (no re-simulation)
-    observations: true             # ICU-level endpoints need the observation table
+    posterior:                     # optional: a `vpop fit --out` directory (or its posterior.nc)
+      path: fit_zuma1              # beside the sweep file, or absolute
+      draws: 20                    # posterior draws of the fitted typical values
+      n: 500                       # fresh virtual patients per draw
 
 `run_sweep(path, out)` simulates every cell (the same seed and patient ids in
 every cell, so cells are paired) and writes `out/cells/<cell>.csv` atomically
@@ -27,7 +30,15 @@ or the median onset/duration day among patients with the event and the
 distribution-free 95% interval of the median from order statistics
 (`kind == "median"`).
 
-Not done: intervals that carry parameter uncertainty from a fitted posterior.
+With a posterior, every cell is also simulated at `draws` posterior draws
+of the fitted typical values (fresh patients for each draw), and each rate row
+gains `post_value`, `post_low`, `post_high`: the median and 95% interval of
+the Jeffreys-beta mixture over draws (`vpop.fitting.posterior`), which carries
+the parameter uncertainty as well as the sampling noise. The main columns stay
+those of the config's own parameter values.
+
+The ICU-level endpoints (vasopressors, positive-pressure ventilation) come
+from the engine's per-patient record, so no observation table is kept.
 """
 
 from __future__ import annotations
@@ -47,6 +58,8 @@ import pandas as pd
 
 from vpop.compare import patient_endpoints, resolve_policy
 from vpop.errors import ConfigError
+from vpop.fitting.posterior import file_digest
+from vpop.parameters import TABLE
 from vpop.stats import wilson_interval
 
 MARGINAL_FIELDS = ("center", "spread", "low", "high")
@@ -91,7 +104,7 @@ class SweepSpec:
     policies: list  # raw specs (None: the config's own)
     policy_names: list[str]
     scales: list[str]
-    observations: bool
+    posterior: dict | None = None  # {path: Path, draws: int, n: int}
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -108,7 +121,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     except Exception as err:  # yaml.YAMLError
         raise ConfigError(f"{src}: not valid YAML: {err}") from None
     data = _mapping(src, "", data or {}, ("name", "description", "config", "cohort", "schedule", "factors",
-                                          "scales", "observations"))
+                                          "scales", "posterior"))
     factors = _mapping(src, "factors", data.get("factors", {}) or {},
                        ("config", "dose", "dose_multiplier", "covariate", "policy"))
     cohort = _mapping(src, "cohort", data.get("cohort", {}) or {}, ("n", "seed"))
@@ -171,15 +184,36 @@ def load_sweep(path: str | Path) -> SweepSpec:
     allowed = sorted(set(CRS_SCALES) | set(NEURO_SCALES))
     if not isinstance(scales, list) or not scales or not all(isinstance(s, str) and s in allowed for s in scales):
         _fail(src, "scales", f"got {scales!r}; allowed: a list of: {', '.join(allowed)}")
-    obs = data.get("observations", True)
-    if not isinstance(obs, bool):
-        _fail(src, "observations", f"got {obs!r}; allowed: true or false")
+    posterior = _posterior_spec(src, path, data.get("posterior"))
     name = data.get("name", path.stem)
     if not isinstance(name, str):
         _fail(src, "name", f"got {name!r}; allowed: a string")
     return SweepSpec(name, path, resolved, cohort.get("n"), cohort.get("seed"),
                      float(days) if days is not None else None, dose_kind, doses, cov, policies, names,
-                     list(scales), obs)
+                     list(scales), posterior)
+
+
+def _posterior_spec(src, sweep_path: Path, raw) -> dict | None:
+    from vpop.fitting.posterior import posterior_file
+
+    if raw is None:
+        return None
+    raw = _mapping(src, "posterior", raw, ("path", "draws", "n"))
+    if not isinstance(raw.get("path"), str):
+        _fail(src, "posterior.path", f"got {raw.get('path')!r}; allowed: a `vpop fit --out` directory or posterior.nc")
+    where = Path(raw["path"])
+    where = where if where.is_absolute() else sweep_path.parent / where
+    try:
+        file = posterior_file(where)
+    except Exception as err:
+        _fail(src, "posterior.path", str(err))
+    out = {"path": file}
+    for key, default, low in (("draws", 20, 2), ("n", 500, 10)):
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            _fail(src, f"posterior.{key}", f"got {v!r}; allowed: an integer >= {low}")
+        out[key] = v
+    return out
 
 
 def _find_config(sweep_path: Path, name: str) -> Path | None:
@@ -260,9 +294,11 @@ def cell_key(spec: SweepSpec, cell: Cell, cfg) -> str:
     """File stem of a cell: its index and a hash of what determines its result."""
     blob = json.dumps({
         "config": cfg.resolved_dict(), "days": cfg.engine.days, "n": spec.n or cfg.n,
-        "seed": cfg.seed if spec.seed is None else spec.seed, "scales": spec.scales, "obs": spec.observations,
+        "seed": cfg.seed if spec.seed is None else spec.seed, "scales": spec.scales,
         "dose": [cfg.population.dose_per_kg, cfg.population.flat_dose],
         "marginals": {k: repr(v) for k, v in cfg.population.marginals.items()},
+        "posterior": None if spec.posterior is None else {
+            "digest": file_digest(spec.posterior["path"]), "draws": spec.posterior["draws"], "n": spec.posterior["n"]},
     }, sort_keys=True, default=str)
     return f"cell-{cell.index:04d}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
@@ -286,14 +322,13 @@ def median_ci(values: np.ndarray, z: float = 1.959963984540054) -> tuple[float, 
 _SCALED = re.compile(r"^(.*) \((\w+)\)$")
 
 
-def cell_table(patients: pd.DataFrame, observations: pd.DataFrame | None, scales: list[str],
-               crs_scales, neuro_scales) -> pd.DataFrame:
+def cell_table(patients: pd.DataFrame, scales: list[str], crs_scales, neuro_scales) -> pd.DataFrame:
     """Tidy endpoint rows of one simulated cell (without the factor columns)."""
     crs = [s for s in scales if s in crs_scales]
     neuro = [s for s in scales if s in neuro_scales]
     ok = patients["solver_status"] != "nonfinite"
     pts = patients[ok.to_numpy()]
-    ep = patient_endpoints(pts, observations, crs, neuro)
+    ep = patient_endpoints(pts, None, crs, neuro)
     n = len(pts)
     rows = []
     for col in ep.columns:
@@ -316,6 +351,39 @@ def cell_table(patients: pd.DataFrame, observations: pd.DataFrame | None, scales
                 rows.append({"endpoint": label, "scale": s, "kind": "median", "value": med, "ci_low": lo,
                              "ci_high": hi, "count": len(vals), "n": n})
     return pd.DataFrame(rows)
+
+
+def with_posterior_intervals(table: pd.DataFrame, spec: SweepSpec, cfg, seed: int) -> pd.DataFrame:
+    """Add the posterior-predictive median and 95% interval to every rate row of a cell."""
+    from vpop.cohort import simulate
+    from vpop.fitting.posterior import load_theta_draws, pick_draws, predictive_rate_interval
+
+    post = spec.posterior
+    draws = load_theta_draws(post["path"])
+    unknown = sorted(set(draws) - set(TABLE))
+    if unknown:
+        raise ConfigError(f"{spec.source}: posterior.path: {post['path']} fits {', '.join(unknown)}, "
+                          "which are not model parameters")
+    counts = []
+    for j, params in enumerate(pick_draws(draws, post["draws"], seed)):
+        c = replace(cfg, parameters={**cfg.parameters, **params})
+        # fresh patients per draw, never the main cohort's (seed offset far from any cell seed)
+        res = simulate(c, n=post["n"], seed=seed + 104729 * (j + 1), record_rows=False)
+        t = cell_table(res.patients, spec.scales, cfg.engine.crs_scales, cfg.engine.neuro_scales)
+        counts.append(t[t["kind"] == "rate"].set_index(["endpoint", "scale"])[["count", "n"]])
+    table = table.copy()
+    for col in ("post_value", "post_low", "post_high"):
+        table[col] = np.nan
+    table["post_draws"] = 0
+    for i, row in table.iterrows():
+        if row["kind"] != "rate":
+            continue
+        key = (row["endpoint"], row["scale"])
+        k = [c.loc[key, "count"] for c in counts if key in c.index]
+        n = [c.loc[key, "n"] for c in counts if key in c.index]
+        med, lo, hi = predictive_rate_interval(k, n, seed=i)
+        table.loc[i, ["post_value", "post_low", "post_high", "post_draws"]] = [med, lo, hi, len(k)]
+    return table
 
 
 def _write_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -359,9 +427,10 @@ def run_sweep(path: str | Path, out: str | Path, n: int | None = None,
             continue
         n_cell = spec.n or cfg.n
         seed = cfg.seed if spec.seed is None else spec.seed
-        result = simulate(cfg, n=n_cell, seed=seed, record_rows=spec.observations)
-        table = cell_table(result.patients, result.observations, spec.scales, cfg.engine.crs_scales,
-                           cfg.engine.neuro_scales)
+        result = simulate(cfg, n=n_cell, seed=seed, record_rows=False)
+        table = cell_table(result.patients, spec.scales, cfg.engine.crs_scales, cfg.engine.neuro_scales)
+        if spec.posterior is not None:
+            table = with_posterior_intervals(table, spec, cfg, seed)
         factors = cell.factors(spec)
         for i, (k, v) in enumerate(factors.items()):
             table.insert(i, k, v)
