@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vpop.fitting import cli as fit_cli
     from vpop import trial_cli
     from vpop import population_cli
+    from vpop.report import cli as report_cli
 
     parser = argparse.ArgumentParser(
         prog="vpop",
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_cli.register(subparsers)
     trial_cli.register(subparsers)
     population_cli.register(subparsers)
+    report_cli.register(subparsers)
     return parser
 
 
