@@ -19,13 +19,7 @@ import pytest
 from vpop.cli import main
 
 # n=200, 10 days, ASTCT only: the compiled engines of tests/test_sweep.py and tests/test_compare.py
-SMALL_CONFIG = """\
-extends: default.yaml
-name: small
-cohort: {n: 200, seed: 1}
-schedule: {days: 10}
-grading: {scales: [astct]}
-"""
+from test_sweep import SMALL_CONFIG  # noqa: E402
 SWEEP = """\
 name: dose sweep
 config: small.yaml

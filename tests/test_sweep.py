@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from vpop import designs, sweep
 from vpop.cli import main
@@ -150,6 +151,28 @@ def test_compare_cli_writes_paired_differences(tmp_path, small_config_file, caps
     rates = pd.read_csv(out / "rates.csv")
     assert set(diff["policy"]) == {"prophylactic_dex"} and set(rates["policy"]) == {"none", "prophylactic_dex"}
     assert main(["compare", str(small_config_file), "--policies", "none,nonsense", "--n", "200"]) == 2
+    record = yaml.safe_load((out / "comparison.yaml").read_text())
+    assert record["reference"] == "none" and record["n"] == 200
+    assert record["policies"]["prophylactic_dex"]["prophylactic_dex_days"] == [0.0, 1.0, 2.0]
+
+
+def test_compare_cli_takes_user_policies_from_a_file(tmp_path, small_config_file, capsys):
+    pols = write(tmp_path, """\
+policies:
+  - none
+  - {name: il6 pre-emptive, preset: none, toci_il6_trigger_pg_ml: 300, toci_max_total: 1}
+""", "policies.yaml")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(small_config_file), "--policies", str(pols), "--n", "200", "--out", str(out)]) == 0
+    rates = pd.read_csv(out / "rates.csv").set_index(["policy", "endpoint"])["rate"]
+    assert rates["none", "tocilizumab given"] == 0.0 and rates["il6 pre-emptive", "tocilizumab given"] > 0.0
+    record = yaml.safe_load((out / "comparison.yaml").read_text())
+    assert record["policies"]["il6 pre-emptive"]["toci_max_total"] == 1.0
+    bad = write(tmp_path, "- {preset: none, toci_il6_trigger: 300}\n", "bad.yaml")
+    capsys.readouterr()
+    assert main(["compare", str(small_config_file), "--policies", str(bad), "--n", "200"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: policies[0]" in err and "toci_il6_trigger" in err and "Traceback" not in err
 
 
 def test_sweep_with_posterior_carries_parameter_uncertainty(tmp_path, small_config_file):

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vpop import engine as engine_mod
+from vpop import policy as policy_mod
 from vpop import patient_table as patient_table_mod
 from vpop.config import SimulationConfig
 from vpop.grading.encoding import CEREBRAL_EDEMA, CONSCIOUSNESS, DEATH_CAUSE, O2_DEVICES, SEIZURE
@@ -118,6 +119,8 @@ def simulate(
     batch = sharding.global_batch(config.batch_size, n)  # batch_size per device
     settings = replace(config.engine, record_rows=record_rows)
     sampler = PopulationSampler(config.population, config.parameters)
+    policy_mod.check_scales(config.policy, config.engine.crs_scales, config.engine.neuro_scales,
+                            f"policy {config.policy.name!r}")
     policy = config.policy.to_arrays(dtype)
     sample = _compiled_sampler(sampler, dtype)
     sample_given = patient_table_mod.given_sampler(sampler, dtype) if table is not None else None

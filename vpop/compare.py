@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import ConfigError, UserError
-from vpop.policy import PRESETS, PolicySettings
+from vpop.policy import PRESETS, PolicySettings, with_overrides
 from vpop.stats import wilson_interval
 
 Z95 = 1.959963984540054
@@ -172,12 +172,30 @@ def resolve_policy(spec, source: str = "<policy>") -> PolicySettings:
 
     clean = _Checker(source).policy(spec, "policy")
     preset = clean.pop("preset", "asco2021")
-    base = asdict(PRESETS[preset])
-    if "name" not in clean:
-        base["name"] = preset if isinstance(spec, str) or len(clean) == 0 else preset + "+custom"
-    for key, value in clean.items():
-        base[key] = value if value is not None else (99.0 if key.endswith("grade") else base[key])
-    return PolicySettings(**base)
+    name = clean.pop("name", preset if isinstance(spec, str) or len(clean) == 0 else preset + "+custom")
+    return with_overrides(PRESETS[preset], clean, name)
+
+
+def load_policies_file(path) -> list | dict:
+    """Policy specs from a YAML file: a list (each a preset name or a mapping) or a mapping name -> spec."""
+    from pathlib import Path
+
+    from vpop.config import load_yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: policies file not found")
+    try:
+        data = load_yaml(path.read_text())
+    except Exception as err:  # yaml.YAMLError
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if isinstance(data, dict) and set(data) == {"policies"}:
+        data = data["policies"]
+    if isinstance(data, list):
+        return [resolve_policy(spec, f"{path}: policies[{i}]") for i, spec in enumerate(data)]
+    if isinstance(data, dict):
+        return {str(k): resolve_policy(v, f"{path}: policies.{k}") for k, v in data.items()}
+    raise ConfigError(f"{path}: expected a list of policies (preset names or mappings) or a mapping name -> policy")
 
 
 def _named_policies(policies) -> dict[str, PolicySettings]:
@@ -205,6 +223,7 @@ class Comparison:
     rates: pd.DataFrame
     differences: pd.DataFrame
     n: int
+    policies: dict = None  # name -> PolicySettings, when the comparison simulated them
 
 
 def compare_endpoints(endpoints: Mapping[str, pd.DataFrame], reference: str | None = None) -> Comparison:
@@ -269,4 +288,5 @@ def compare_policies(config, policies, reference: str | None = None, n: int | No
         results[name] = simulate(replace(config, policy=pol), n=n, seed=seed, record_rows=record_rows)
         if progress is not None:
             progress(name)
-    return compare_results(results, reference, crs_scales, icans_scales)
+    out = compare_results(results, reference, crs_scales, icans_scales)
+    return replace(out, policies=named)

@@ -24,7 +24,7 @@ from vpop.engine import EngineSettings
 from vpop.errors import ConfigError
 from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES
 from vpop.parameters import TABLE
-from vpop.policy import PRESETS, PolicySettings
+from vpop.policy import CRS_TRIGGER_SCALES, ICANS_TRIGGER_SCALES, PRESETS, PolicySettings, check_scales, with_overrides
 from vpop.population import COVARIATES, SENSITIVITIES, Marginal, PopulationSpec
 
 
@@ -250,6 +250,10 @@ class _Checker:
                 default = _POLICY_FIELDS[key].default
                 if key == "prophylactic_dex_days":
                     out[key] = tuple(self.value(v, _num_list, where))
+                elif key == "crs_trigger_scale":
+                    out[key] = self.value(v, _str(CRS_TRIGGER_SCALES), where)
+                elif key == "icans_trigger_scale":
+                    out[key] = self.value(v, _str(ICANS_TRIGGER_SCALES), where)
                 elif isinstance(default, bool):
                     out[key] = self.value(v, _bool, where)
                 else:
@@ -429,10 +433,7 @@ def config_from_dict(data: dict, source: str = "<config>") -> SimulationConfig:
 
     pol_data = dict(clean["policy"])
     preset = pol_data.pop("preset", "asco2021")
-    base = asdict(PRESETS[preset])
-    for key, value in pol_data.items():
-        base[key] = value if value is not None else (99.0 if key.endswith("grade") else base[key])
-    policy = PolicySettings(**base)
+    policy = with_overrides(PRESETS[preset], pol_data)
 
     scales = clean.get("grading", {}).get("scales", ["all"])
     if scales == ["all"]:
@@ -451,6 +452,7 @@ def config_from_dict(data: dict, source: str = "<config>") -> SimulationConfig:
         crs_scales=crs,
         neuro_scales=neuro,
     )
+    check_scales(policy, crs, neuro, f"{source}: policy")
     cohort = clean["cohort"]
     return SimulationConfig(
         name=clean.get("name", Path(source).stem),

@@ -171,6 +171,18 @@ def _grade(row, carry, settings: EngineSettings):
     return grades, waived, crs_seen
 
 
+def _trigger_grade(grades, kind: str, index):
+    """The grade under the policy's trigger scale (an index, so that a policy change never recompiles).
+
+    Scales that were not simulated stand in as ASTCT; `vpop.cohort.check_policy_scales` refuses a policy
+    that names one.
+    """
+    names = policy_mod.CRS_TRIGGER_SCALES if kind == "crs" else policy_mod.ICANS_TRIGGER_SCALES
+    astct = grades[f"{kind}_grade_astct"]
+    stack = jnp.stack([grades.get(f"{kind}_grade_{n}", astct) for n in names])
+    return stack[index.astype(jnp.int32)]
+
+
 def simulate_patient(p, key, policy, settings: EngineSettings):
     """One patient's whole course. Returns (rows, summary) of arrays."""
     dtype = p["tumor_burden"].dtype
@@ -220,8 +232,8 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         bio = readouts.biomarkers(y, p)
 
         doses, pol_state = policy_mod.decide(
-            policy, carry["policy"], t, grades["crs_grade_astct"], grades["icans_grade_astct"], row["hypotension"],
-            p["weight_kg"],
+            policy, carry["policy"], t, _trigger_grade(grades, "crs", policy["crs_trigger_scale"]),
+            _trigger_grade(grades, "icans", policy["icans_trigger_scale"]), row["hypotension"], p["weight_kg"], bio,
         )
         treat = alive & ~upd["dies_now"]
         doses = {name: jnp.where(treat, v, 0.0) for name, v in doses.items()}

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from vpop import engine as engine_mod
+from vpop import policy as policy_mod
 from vpop import sharding
 from vpop.config import SimulationConfig
 from vpop.errors import UserError
@@ -262,6 +263,8 @@ def simulate_stream(
     batch = sharding.global_batch(config.batch_size, min(chunk_size, n))  # batch_size per device
     settings = replace(config.engine, record_rows=record_rows)
     sampler = PopulationSampler(config.population, config.parameters)
+    policy_mod.check_scales(config.policy, config.engine.crs_scales, config.engine.neuro_scales,
+                            f"policy {config.policy.name!r}")
     policy = config.policy.to_arrays(dtype)
     sample = cohort_mod._compiled_sampler(sampler, dtype)
     sample_given = table_mod.given_sampler(sampler, dtype) if table is not None else None

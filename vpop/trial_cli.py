@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 from vpop.errors import UserError
 
 
@@ -30,7 +32,9 @@ def register(subparsers) -> None:
                               description="Simulate the same virtual patients under each policy; rate differences "
                               "against the first policy with paired 95%% intervals and the NNT.")
     p.add_argument("config", nargs="?", default=None, help="config YAML (default: the shipped default.yaml)")
-    p.add_argument("--policies", required=True, help="comma-separated preset names; the first is the reference")
+    p.add_argument("--policies", required=True,
+                   help="comma-separated preset names, or a YAML file of policies (a list of preset names or "
+                        "mappings: {name, preset, field: value}); the first is the reference")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output folder (rates.csv, differences.csv)")
@@ -84,13 +88,16 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def run_compare_cmd(args: argparse.Namespace) -> int:
-    from vpop.compare import compare_policies
+    from vpop.compare import compare_policies, load_policies_file
     from vpop.config import load_config
 
     _positive(args.n, "--n")
     config = load_config(args.config)
-    names = [p.strip() for p in args.policies.split(",") if p.strip()]
-    cmp = compare_policies(config, names, n=args.n, seed=args.seed)
+    if args.policies.endswith((".yaml", ".yml")):
+        policies = load_policies_file(args.policies)
+    else:
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    cmp = compare_policies(config, policies, n=args.n, seed=args.seed)
     cols = ["policy", "endpoint", "rate_reference", "rate_policy", "difference", "ci_low", "ci_high", "nnt"]
     with _pd_options():
         print(f"paired comparison, {cmp.n} patients, reference {cmp.reference}")
@@ -100,7 +107,19 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         _csv(cmp.rates, out / "rates.csv")
         _csv(cmp.differences, out / "differences.csv")
+        record = {"config": config.source, "n": cmp.n, "seed": config.seed if args.seed is None else args.seed,
+                  "reference": cmp.reference,
+                  "policies": {name: _policy_record(p) for name, p in cmp.policies.items()}}
+        (out / "comparison.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
     return 0
+
+
+def _policy_record(p) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(p)
+    d["prophylactic_dex_days"] = list(d["prophylactic_dex_days"])
+    return d
 
 
 def run_escalate_cmd(args: argparse.Namespace) -> int:

@@ -232,8 +232,14 @@ def load_sweep(folder: Path, label: str) -> SweepSource:
 def load_comparison(folder: Path, label: str) -> ComparisonSource:
     rates = _read_csv(folder / "rates.csv", RATES_COLUMNS)
     diff = _read_csv(folder / "differences.csv", DIFF_COLUMNS)
-    return ComparisonSource("comparison", folder, label, files=[folder / "rates.csv", folder / "differences.csv"],
-                            rates=rates, differences=diff)
+    src = ComparisonSource("comparison", folder, label, files=[folder / "rates.csv", folder / "differences.csv"],
+                           rates=rates, differences=diff)
+    record = folder / "comparison.yaml"  # the config, cohort and every policy's fields (`vpop compare --out`)
+    src.config_text = _text(record)
+    if src.config_text is not None:
+        src.files.append(record)
+        src.config_name = "comparison.yaml"
+    return src
 
 
 def load_escalation(folder: Path, label: str) -> EscalationSource:

@@ -1,0 +1,102 @@
+"""Management policies as data: triggers by grade, scale, time window and biomarker; dose limits."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vpop import engine, policy
+from vpop.compare import resolve_policy
+from vpop.config import load_config
+from vpop.errors import ConfigError
+
+QUIET = {"il6_pg_ml": 10.0, "crp_mg_l": 5.0, "ferritin_ng_ml": 500.0}
+
+
+def decide(settings: policy.PolicySettings, t, crs=0, icans=0, bio=QUIET, state=None, weight=70.0):
+    s = settings.to_arrays(jnp.float64)
+    state = policy.initial_state(jnp.float64) if state is None else state
+    b = {k: jnp.asarray(v, jnp.float64) for k, v in bio.items()}
+    return policy.decide(s, state, jnp.asarray(t, jnp.float64), jnp.asarray(crs), jnp.asarray(icans),
+                         jnp.asarray(False), jnp.asarray(weight, jnp.float64), b)
+
+
+def test_biomarker_threshold_triggers_preemptive_tocilizumab():
+    pre = resolve_policy({"preset": "asco2021", "name": "il6 pre-emptive", "toci_il6_trigger_pg_ml": 1000})
+    doses, _ = decide(pre, 1.0, crs=1, bio={**QUIET, "il6_pg_ml": 1500.0})
+    assert float(doses["toci_mg"]) == pytest.approx(8.0 * 70.0)
+    doses, _ = decide(pre, 1.0, crs=1, bio={**QUIET, "il6_pg_ml": 900.0})
+    assert float(doses["toci_mg"]) == 0.0  # grade 1 alone does not trigger ASCO tocilizumab
+    doses, _ = decide(policy.PRESETS["asco2021"], 1.0, crs=1, bio={**QUIET, "il6_pg_ml": 1e6})
+    assert float(doses["toci_mg"]) == 0.0  # thresholds are off by default
+    ferr = resolve_policy({"dex_ferritin_trigger_ng_ml": 5000})
+    assert float(decide(ferr, 2.0, bio={**QUIET, "ferritin_ng_ml": 6000.0})[0]["dex_iv_mg"]) == 10.0
+    assert float(decide(ferr, 2.0, bio={**QUIET, "ferritin_ng_ml": 4000.0})[0]["dex_iv_mg"]) == 0.0
+
+
+def test_time_window_limits_the_triggers():
+    late = resolve_policy({"toci_from_day": 1.0, "toci_until_day": 3.0, "steroid_until_day": 2.0})
+    assert float(decide(late, 0.5, crs=2)[0]["toci_mg"]) == 0.0
+    assert float(decide(late, 1.5, crs=2)[0]["toci_mg"]) > 0.0
+    assert float(decide(late, 3.5, crs=2)[0]["toci_mg"]) == 0.0
+    assert float(decide(late, 1.5, icans=2)[0]["dex_iv_mg"]) == 10.0
+    assert float(decide(late, 2.5, icans=2)[0]["dex_iv_mg"]) == 0.0
+
+
+def test_dexamethasone_stops_at_the_maximum_doses():
+    capped = resolve_policy({"dex_max_doses": 3})
+    state, given = None, []
+    for k in range(8):  # grade 3 ICANS at every 6-hourly assessment
+        doses, state = decide(capped, k * 0.25, icans=3, state=state)
+        given.append(float(doses["dex_iv_mg"]))
+    assert given == [10.0] * 3 + [0.0] * 5
+
+
+def test_null_switches_a_trigger_off():
+    p = resolve_policy({"toci_trigger_grade": None, "toci_il6_trigger_pg_ml": None})
+    assert p.toci_trigger_grade == policy.NEVER and p.toci_il6_trigger_pg_ml == policy.OFF
+
+
+def test_trigger_grade_is_read_under_the_named_scale():
+    grades = {"crs_grade_astct": jnp.asarray([1, 1]), "crs_grade_lee2014": jnp.asarray([2, 3]),
+              "icans_grade_astct": jnp.asarray([0, 2]), "icans_grade_ctcae": jnp.asarray([1, 3])}
+    for scale, want in (("astct", [1, 1]), ("lee2014", [2, 3])):
+        idx = jnp.asarray(float(policy.CRS_TRIGGER_SCALES.index(scale)))
+        np.testing.assert_array_equal(engine._trigger_grade(grades, "crs", idx), want)
+    idx = jnp.asarray(float(policy.ICANS_TRIGGER_SCALES.index("ctcae")))
+    np.testing.assert_array_equal(engine._trigger_grade(grades, "icans", idx), [1, 3])
+    arrays = resolve_policy({"crs_trigger_scale": "penn"}).to_arrays()
+    assert int(arrays["crs_trigger_scale"]) == policy.CRS_TRIGGER_SCALES.index("penn")
+
+
+def test_policy_on_an_ungraded_scale_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("extends: default.yaml\ngrading: {scales: [astct]}\npolicy: {preset: asco2021, crs_trigger_scale: penn}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: policy: crs_trigger_scale: 'penn' is not among the CRS scales"):
+        load_config(path)
+    path.write_text("extends: default.yaml\npolicy: {crs_trigger_scale: grade}\n")
+    with pytest.raises(ConfigError, match=r"policy\.crs_trigger_scale.*astct, lee2014"):
+        load_config(path)
+    from vpop.cohort import simulate
+
+    cfg = load_config(None)
+    cfg = replace(cfg, engine=replace(cfg.engine, crs_scales=("astct",)),
+                  policy=resolve_policy({"crs_trigger_scale": "lee2014"}))
+    with pytest.raises(ConfigError, match="crs_trigger_scale: 'lee2014' is not among"):
+        simulate(cfg, n=4)
+
+
+def test_preemptive_tocilizumab_follows_il6_in_the_simulation(default_config):
+    from vpop.cohort import simulate
+
+    from test_compare import N, small_config
+
+    pol = resolve_policy({"preset": "none", "name": "il6 only", "toci_il6_trigger_pg_ml": 300})
+    pts = simulate(replace(small_config(default_config), policy=pol), n=N, seed=1, record_rows=False).patients
+    treated = pts["tocilizumab_doses"] > 0
+    assert 0 < treated.sum() < N
+    assert (pts.loc[treated, "peak_il6_pg_ml"] >= 300).all()
+    assert not treated[pts["peak_il6_pg_ml"] < 300].any()
