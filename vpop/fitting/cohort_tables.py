@@ -224,22 +224,22 @@ def virtual_parameters(config, n: int, seed: int, dtype=jnp.float64) -> dict:
 
 
 def surrogates(p_batch: dict, free, log_factor, n_grid: int, settings):
-    """(n, 3) surrogate severities of virtual patients at population factors exp(log_factor)."""
+    """(n, 3) surrogate severities of virtual patients at population factors exp(log_factor).
+
+    All patients are integrated at once in structure-of-arrays layout (states
+    (n_states, n), as `vpop.engine.simulate_batch`); no drug is given.
+    """
     from vpop.fitting.model import individual, solve_grid
 
-    none = jnp.zeros((n_grid + 1, 5))
+    p = individual({k: jnp.asarray(v) for k, v in p_batch.items()}, free, log_factor)
+    none = jnp.zeros((n_grid + 1, 5, 1))
+    ys = solve_grid(p, none, n_grid, settings)  # (n_grid + 1, n_states, n)
 
-    def one(b):
-        p = individual(b, free, log_factor)
-        ys = solve_grid(p, none, n_grid, settings)
+    def sig(y):
+        g = vmodel.signals(y, p)
+        return jnp.stack([g["fever_rise"], p["map_baseline"] - g["map_mmhg"], y[vmodel.IDX["neuro"]]], axis=-1)
 
-        def sig(y):
-            g = vmodel.signals(y, p)
-            return jnp.stack([g["fever_rise"], p["map_baseline"] - g["map_mmhg"], y[vmodel.IDX["neuro"]]])
-
-        return jnp.max(jax.vmap(sig)(ys), axis=0)
-
-    return jax.vmap(one)({k: jnp.asarray(v) for k, v in p_batch.items()})
+    return jnp.max(jax.vmap(sig)(ys), axis=0)
 
 
 @dataclass
