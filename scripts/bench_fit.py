@@ -3,8 +3,12 @@
     python scripts/bench_fit.py                     # SVI (1000 steps) and NUTS 4 x 500/500
     python scripts/bench_fit.py --nuts-chains 0     # SVI only
     python scripts/bench_fit.py --n 30 --svi-steps 300 --nuts-chains 2 --nuts-warmup 100 --nuts-draws 100
+    python scripts/bench_fit.py --svi-steps 0 --nuts-chains 1 --nuts-warmup 50 --nuts-draws 50   # shortened NUTS
 
-Prints compile + run seconds, the estimates against the truth and the NUTS diagnostics.
+Prints compile + run seconds, the estimates against the truth and the NUTS
+diagnostics, the cost of one log-density gradient (the unit of NUTS work), and
+for NUTS the measured seconds per leapfrog step with an extrapolation to
+4 chains x 500 warm-up + 500 draws at the run's mean leapfrog steps per iteration.
 """
 
 from __future__ import annotations
@@ -34,26 +38,60 @@ def main():
     ap.add_argument("--nuts-chains", type=int, default=4)
     ap.add_argument("--nuts-warmup", type=int, default=500)
     ap.add_argument("--nuts-draws", type=int, default=500)
+    ap.add_argument("--guide", default="normal", help="SVI guide: normal, mvn, delta")
+    ap.add_argument("--substeps", type=int, default=fm.GridSettings().substeps, help="ETDRK4 steps per 6-h interval")
+    ap.add_argument("--parameterisation", default="centred", help="random effects for NUTS: centred or noncentred")
+    ap.add_argument("--derivatives", default="forward", help="forward (sensitivities) or reverse")
     args = ap.parse_args()
     cfg = load_config(None)
     t0 = time.perf_counter()
     data, truth = synthetic.simulate_dataset(cfg, args.n, FREE, TRUTH, OMEGA, 0.2, TIMES,
                                              ["car_t", "il6", "crp", "ferritin"], seed=11, lloq={"il6": 10.0})
-    problem = fm.build_problem(data, cfg, FREE)
+    settings = fm.GridSettings(substeps=args.substeps, derivatives=args.derivatives)
+    problem = fm.build_problem(data, cfg, FREE, settings)
     out = {"patients": args.n, "observations": data.n_observations(), "censored": data.n_censored(),
-           "grid_points": problem.n_grid + 1, "simulate_s": round(time.perf_counter() - t0, 1), "truth": TRUTH}
+           "grid_points": problem.n_grid + 1, "settings": str(settings), "simulate_s": round(time.perf_counter() - t0, 1),
+           "truth": TRUTH}
     print(json.dumps(out), flush=True)
-    fit = infer.run_svi(problem, steps=args.svi_steps, lr=0.03)
-    out["svi_s"] = round(fit.seconds, 1)
-    out["svi"] = fit.theta_summary().round(4).to_dict("records")
-    print(json.dumps({"svi_s": out["svi_s"], "svi": out["svi"]}), flush=True)
+    out["gradient_ms"] = gradient_ms(problem, args.parameterisation)
+    print(json.dumps({"gradient_ms": out["gradient_ms"]}), flush=True)
+    if args.svi_steps > 0:
+        fit = infer.run_svi(problem, steps=args.svi_steps, lr=0.03, guide=args.guide)
+        out["svi_s"] = round(fit.seconds, 1)
+        out["svi"] = fit.theta_summary().round(4).to_dict("records")
+        print(json.dumps({"svi_s": out["svi_s"], "guide": args.guide, "svi": out["svi"],
+                          "svi_warnings": fit.diagnostics["warnings"]}), flush=True)
     if args.nuts_chains > 0:
-        fit = infer.run_nuts(problem, chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws)
+        fit = infer.run_nuts(problem, chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws,
+                             parameterisation=args.parameterisation)
         d = fit.diagnostics
+        iters = args.nuts_chains * (args.nuts_warmup + args.nuts_draws)
         out["nuts_s"] = round(fit.seconds, 1)
         out["nuts"] = fit.theta_summary().round(4).to_dict("records")
         out["nuts_diag"] = {k: d[k] for k in ("max_rhat", "min_ess_bulk", "divergences", "mean_leapfrog_steps", "warnings")}
-        print(json.dumps({k: out[k] for k in ("nuts_s", "nuts", "nuts_diag")}, default=float), flush=True)
+        per_iter = fit.seconds / iters
+        out["nuts_extrapolation"] = {
+            "iterations": iters, "seconds_per_iteration": round(per_iter, 3),
+            # leapfrog steps are recorded for the draws only; warm-up is assumed to take as many per iteration
+            "seconds_per_leapfrog_step": round(fit.seconds / (iters * d["mean_leapfrog_steps"]), 4),
+            "4x500/500_at_this_rate_s": round(per_iter * 4000, 0),
+            "4x500/500_from_gradient_cost_s": round(4000 * d["mean_leapfrog_steps"] * out["gradient_ms"] / 1000, 0)}
+        print(json.dumps({k: out[k] for k in ("nuts_s", "nuts", "nuts_diag", "nuts_extrapolation")}, default=float), flush=True)
+
+
+def gradient_ms(problem, parameterisation, repeats: int = 10) -> float:
+    """Milliseconds per value-and-gradient of the log density (after compiling), at the prior centre."""
+    from numpyro.infer.util import initialize_model
+
+    info = initialize_model(jax.random.PRNGKey(0), fm.numpyro_model, model_args=(problem,),
+                            model_kwargs={"parameterisation": parameterisation})
+    vg = jax.jit(jax.value_and_grad(info.potential_fn))
+    x = info.param_info.z
+    jax.block_until_ready(vg(x))
+    t = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(vg(x))
+    return round((time.perf_counter() - t) / repeats * 1000, 2)
 
 
 if __name__ == "__main__":

@@ -40,12 +40,16 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--steps", type=int, default=1500, help="SVI steps")
     parser.add_argument("--lr", type=float, default=0.02, help="SVI Adam learning rate")
-    parser.add_argument("--guide", choices=("normal", "delta"), default="normal", help="SVI guide")
+    parser.add_argument("--guide", choices=("normal", "mvn", "delta"), default="normal",
+                        help="SVI guide: normal (mean-field), mvn (full covariance), delta (point)")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--parameterisation", choices=("noncentred", "centred"), default="noncentred",
+                        help="random effects: noncentred (sparse data) or centred (rich per-patient data; "
+                             "fewer NUTS steps)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--substeps", type=int, default=4, help="solver steps per 6-h grid interval")
+    parser.add_argument("--substeps", type=int, default=2, help="ETDRK4 steps per 6-h grid interval")
     parser.add_argument("--tau", type=float, default=0.1, help="cohort-table smoothing width (log units)")
     parser.add_argument("--virtual", type=int, default=200, help="virtual patients of the cohort-table likelihood")
     parser.add_argument("--predictive", type=int, default=10, help="posterior draws for predicted cohort rates")
@@ -96,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     if args.method == "svi":
         fit = infer.run_svi(problem, cohort, steps=args.steps, lr=args.lr, guide=args.guide, seed=args.seed,
-                            progress=progress)
+                            progress=progress, parameterisation=args.parameterisation)
     else:
         fit = infer.run_nuts(problem, cohort, chains=args.chains, warmup=args.warmup, draws=args.draws,
-                             seed=args.seed, progress=progress)
+                             seed=args.seed, progress=progress, parameterisation=args.parameterisation)
     out.mkdir(parents=True, exist_ok=True)
     fit.idata.to_netcdf(str(out / "posterior.nc"), engine="h5netcdf")
     summary = fit.theta_summary()

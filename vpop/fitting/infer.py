@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pandas as pd
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
-from numpyro.infer.autoguide import AutoDelta, AutoNormal
+from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 
 from vpop.fitting.model import FitProblem, numpyro_model, population_model
 
@@ -57,10 +57,11 @@ class FitResult:
         return {name: float(np.median(om[:, j])) for j, name in enumerate(self.free)}
 
 
-def _model_and_args(problem, cohort, ignore_censoring=False):
+def _model_and_args(problem, cohort, ignore_censoring=False, parameterisation="noncentred"):
     if problem is None:
         return population_model, (cohort.free, cohort.log_ref, _prior_sd(cohort.free), cohort), {}
-    return numpyro_model, (problem,), {"cohort": cohort, "ignore_censoring": ignore_censoring}
+    return numpyro_model, (problem,), {"cohort": cohort, "ignore_censoring": ignore_censoring,
+                                       "parameterisation": parameterisation}
 
 
 def _prior_sd(free):
@@ -77,15 +78,30 @@ def _init_values(problem, cohort):
         init["omega"] = 0.3 * jnp.ones(len(free))
         init["sigma"] = 0.3 * jnp.ones(max(1, len(problem.analytes)))
         init["z"] = jnp.zeros((problem.n, len(free)))
+        init["eta"] = jnp.zeros((problem.n, len(free)))
     return init
 
 
+GUIDES = ("normal", "mvn", "delta")
+
+
 def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: float = 0.02, guide: str = "normal",
-            draws: int = 1000, seed: int = 0, progress: bool = False, ignore_censoring: bool = False) -> FitResult:
-    """SVI with optax Adam and an AutoNormal (default) or AutoDelta guide."""
-    model, args, kwargs = _model_and_args(problem, cohort, ignore_censoring)
+            draws: int = 1000, seed: int = 0, progress: bool = False, ignore_censoring: bool = False,
+            parameterisation: str = "noncentred") -> FitResult:
+    """SVI with optax Adam and a guide: "normal" (AutoNormal, mean-field), "mvn"
+    (AutoMultivariateNormal, full covariance: keeps the correlations between
+    typical values, omegas and random effects that mean-field drops) or "delta"
+    (AutoDelta, a point estimate)."""
+    if guide not in GUIDES:
+        raise ValueError(f"guide {guide!r}: use one of {', '.join(GUIDES)}")
+    model, args, kwargs = _model_and_args(problem, cohort, ignore_censoring, parameterisation)
     init = init_to_value(values=_init_values(problem, cohort))
-    g = AutoNormal(model, init_loc_fn=init, init_scale=0.05) if guide == "normal" else AutoDelta(model, init_loc_fn=init)
+    if guide == "normal":
+        g = AutoNormal(model, init_loc_fn=init, init_scale=0.05)
+    elif guide == "mvn":
+        g = AutoMultivariateNormal(model, init_loc_fn=init, init_scale=0.05)
+    else:
+        g = AutoDelta(model, init_loc_fn=init)
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(optax.exponential_decay(lr, steps, 0.1)))
     svi = SVI(model, g, optim, loss=Trace_ELBO())
     t0 = time.perf_counter()
@@ -93,7 +109,7 @@ def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: floa
     seconds = time.perf_counter() - t0
     losses = np.asarray(res.losses)
     samples = g.sample_posterior(jax.random.PRNGKey(seed + 1), res.params, *args, sample_shape=(draws,), **kwargs)
-    samples = {k: np.asarray(v)[None] for k, v in samples.items() if k in ("log_theta", "theta", "omega", "sigma", "z")
+    samples = {k: np.asarray(v)[None] for k, v in samples.items() if k in ("log_theta", "theta", "omega", "sigma", "z", "eta")
                or k.endswith(("_beta", "_cutpoints"))}
     free = problem.free if problem is not None else cohort.free
     diag = {"method": "svi", "guide": guide, "steps": steps, "final_loss": float(np.mean(losses[-50:])),
@@ -111,9 +127,12 @@ def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: floa
 
 def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: int = 500, draws: int = 500,
              seed: int = 0, progress: bool = False, chain_method: str = "sequential", target_accept: float = 0.8,
-             max_tree_depth: int = 8) -> FitResult:
-    """NUTS (numpyro.infer.MCMC) from the prior centre; chains run one after another on one CPU device."""
-    model, args, kwargs = _model_and_args(problem, cohort)
+             max_tree_depth: int = 8, parameterisation: str = "noncentred") -> FitResult:
+    """NUTS (numpyro.infer.MCMC) from the prior centre; chains run one after another on one CPU device.
+
+    `parameterisation` of the random effects: "noncentred" or "centred" (`model.numpyro_model`).
+    """
+    model, args, kwargs = _model_and_args(problem, cohort, parameterisation=parameterisation)
     kernel = NUTS(model, init_strategy=init_to_value(values=_init_values(problem, cohort)),
                   target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method,
@@ -143,7 +162,7 @@ def to_inferencedata(fit: FitResult, problem: FitProblem | None, diverging=None,
     if problem is not None:
         coords["analyte"] = list(problem.analytes) or ["none"]
         coords["patient"] = [str(i) for i in problem.ids]
-        dims.update({"sigma": ["analyte"], "z": ["patient", "param"]})
+        dims.update({"sigma": ["analyte"], "z": ["patient", "param"], "eta": ["patient", "param"]})
     posterior = {k: v for k, v in fit.samples.items()}
     sample_stats = {}
     if diverging is not None:

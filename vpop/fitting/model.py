@@ -14,9 +14,12 @@ holds patient i's parameters at the typical values given their covariates
 at the config's population median); parameters that are not fitted stay there.
 
 Each patient is integrated with the model and the exponential integrator on a
-uniform grid (spacing `grid_hours`, `substeps` steps per grid interval; doses
-as boluses at the nearest grid point), `vmap`ped over patients inside the
-model. Predictions at observation times are linear in log between grid points.
+uniform grid (spacing `grid_hours`, `substeps` ETDRK4 steps per grid interval;
+doses as boluses at the nearest grid point). All patients are integrated at
+once in structure-of-arrays layout (states (n_states, n)), and the samplers'
+gradients come from forward-mode sensitivities (one JVP per free parameter,
+`predictions_forward_ad`). Predictions at observation times are linear in log
+between grid points.
 
 Likelihoods:
 (a) log DV ~ Normal(log prediction, sigma_analyte) for quantified values;
@@ -60,8 +63,9 @@ class GridSettings:
     """Static solve settings of the fitting model (changing them recompiles)."""
 
     grid_hours: float = 6.0
-    substeps: int = 4
-    method: str = "etd2"
+    substeps: int = 2
+    method: str = "etdrk4"
+    derivatives: str = "forward"  # "forward": per-patient forward sensitivities; "reverse": reverse mode through the solve
 
     @property
     def dt(self) -> float:
@@ -208,11 +212,19 @@ def individual(base_i: dict, free, log_factor):
 
 
 def solve_grid(p, doses, n_grid: int, settings: GridSettings):
-    """States at grid points 0..n_grid (before that point's doses), shape (n_grid + 1, n_states)."""
+    """States at grid points 0..n_grid (before that point's doses), shape (n_grid + 1, n_states).
+
+    One patient: parameters are scalars and `doses` is (n_grid + 1, n_kinds).
+    A batch in structure-of-arrays layout (as `vpop.engine.simulate_batch`):
+    parameters of shape (N,), `doses` (n_grid + 1, n_kinds, N); the result is
+    then (n_grid + 1, n_states, N). The physics is elementwise in the patient,
+    so the same code serves both.
+    """
     dt = settings.dt
     y0 = vmodel.initial_state(p)
     I = vmodel.IDX
     stepper = STEPPERS[settings.method]
+    h = dt / settings.substeps
 
     def step(y, k):
         d = doses[k]
@@ -222,13 +234,11 @@ def solve_grid(p, doses, n_grid: int, settings: GridSettings):
         y = y.at[I["dex_depot"]].add(d[2] * p["dex_bioavailability"])
         y = y.at[I["anakinra"]].add(d[4])
         t0 = k * dt
-        h = dt / settings.substeps
 
         def sub(j, yy):  # static trip count: reverse-mode differentiable
             return stepper(vmodel.production_loss, t0 + j * h, yy, h, p)[0]
 
-        y_next = jax.lax.fori_loop(0, settings.substeps, sub, y)
-        return y_next, y_rec
+        return jax.lax.fori_loop(0, settings.substeps, sub, y), y_rec
 
     y_last, ys = jax.lax.scan(step, y0, jnp.arange(n_grid))
     return jnp.concatenate([ys, y_last[None]], axis=0)
@@ -245,16 +255,46 @@ def predict_patient(base_i, doses_i, log_factor, free, analytes, n_grid, setting
     return log_traj, severity
 
 
-def predictions(problem: FitProblem, log_factors):
-    """vmapped over patients: log predictions at the observations (n, m) and severities (n,)."""
+def shared_as_scalars(base: dict) -> dict:
+    """Parameters equal for all patients as broadcast compile-time constants, the rest as (n,) arrays.
+
+    Most parameters do not depend on covariates; as broadcasts of constants
+    XLA folds their products and quotients and each step loads fewer arrays
+    (they keep the (n,) shape the model's `jnp.stack`s need).
+    `tumor_burden` stays an array: it sets the batch shape of the initial state.
+    """
+    out = {}
+    for k, v in base.items():
+        v = np.asarray(v)
+        if k != "tumor_burden" and v.size and np.all(v == v.flat[0]):
+            out[k] = jnp.broadcast_to(float(v.flat[0]), v.shape)  # a broadcast constant: XLA folds scalar arithmetic
+        else:
+            out[k] = jnp.asarray(v)
+    return out
+
+
+def predictions(problem: FitProblem, log_factors, layout: str = "soa"):
+    """Log predictions at the observations (n, m), severities {crs, icans: (n,)} and log trajectories (n, G, A).
+
+    `layout="soa"` (default) integrates all patients at once with the patient
+    axis trailing (states (n_states, n), as `vpop.engine.simulate_batch`);
+    `layout="vmap"` is `jax.vmap(predict_patient)` (the reference; same values).
+    On the CPU the first is faster (docs/fitting.md, "The fitting solve").
+    """
     base = {k: jnp.asarray(v) for k, v in problem.base.items()}
-
-    def one(b, d, lf, k, w):
-        log_traj, sev = predict_patient(b, d, lf, problem.free, problem.analytes, problem.n_grid, problem.settings)
-        return log_traj, sev, k, w
-
-    log_traj, sev, _, _ = jax.vmap(one)(base, jnp.asarray(problem.doses), log_factors,
-                                        jnp.asarray(problem.obs_k), jnp.asarray(problem.obs_w))
+    if layout == "vmap":
+        log_traj, sev = jax.vmap(lambda b, d, lf: predict_patient(b, d, lf, problem.free, problem.analytes,
+                                                                  problem.n_grid, problem.settings))(
+            base, jnp.asarray(problem.doses), log_factors)
+    elif layout == "soa":
+        p = individual(shared_as_scalars(problem.base), problem.free, jnp.moveaxis(log_factors, -1, 0))
+        doses = jnp.moveaxis(jnp.asarray(problem.doses), 0, -1)  # (n_grid + 1, kinds, n)
+        ys = solve_grid(p, doses, problem.n_grid, problem.settings)  # (n_grid + 1, n_states, n)
+        bio = jax.vmap(lambda y: readouts.biomarkers(y, p))(ys)  # name -> (n_grid + 1, n)
+        log_traj = jnp.log(jnp.maximum(jnp.stack([bio[a].T for a in problem.analytes], axis=-1), 1e-12))
+        sev = {k: jnp.max(ys[:, vmodel.IDX[s], :], axis=0) for k, s in SEVERITY_STATE.items()}
+    else:
+        raise ValueError(f"layout {layout!r}: use 'soa' or 'vmap'")
     n = log_traj.shape[0]
     rows = jnp.arange(n)[:, None]
     a = jnp.asarray(problem.obs_analyte)
@@ -262,6 +302,41 @@ def predictions(problem: FitProblem, log_factors):
     w = jnp.asarray(problem.obs_w)
     at_obs = (1.0 - w) * log_traj[rows, k, a] + w * log_traj[rows, k + 1, a]
     return at_obs, sev, log_traj
+
+
+def predictions_forward_ad(problem: FitProblem, log_factors):
+    """`predictions(...)[:2]` with its derivative from forward-mode sensitivities.
+
+    Each patient's predictions depend only on its own F log factors, so F
+    Jacobian-vector products (one per free parameter, all patients at once)
+    give every per-patient Jacobian; the vector-Jacobian product that NUTS and
+    SVI need is then a contraction with it. This avoids reverse-mode through
+    the ODE solve (which stores every step) and is several times cheaper per
+    gradient for F <= 3 (docs/fitting.md). Values are identical to `predictions`.
+    """
+
+    def f(lf):
+        at_obs, sev, _ = predictions(problem, lf)
+        return at_obs, sev
+
+    @jax.custom_vjp
+    def g(lf):
+        return f(lf)
+
+    def g_fwd(lf):
+        eye = jnp.eye(lf.shape[-1], dtype=lf.dtype)
+        out, jac = jax.vmap(lambda e: jax.jvp(f, (lf,), (jnp.broadcast_to(e, lf.shape),)), out_axes=(None, 0))(eye)
+        return out, jac
+
+    def g_bwd(jac, ct):
+        n = ct[0].shape[0]
+        total = 0.0
+        for j, c in zip(jax.tree_util.tree_leaves(jac), jax.tree_util.tree_leaves(ct)):
+            total = total + jnp.sum((j * c[None]).reshape(j.shape[0], n, -1), axis=-1)
+        return (total.T,)
+
+    g.defvjp(g_fwd, g_bwd)
+    return g(log_factors)
 
 
 def censored_normal_loglik(log_lloq, mu, sd):
@@ -276,21 +351,45 @@ def population_model(free, log_ref, prior_sd, cohort):
     cohort.add_likelihood(log_theta, jnp.asarray(log_ref), free)
 
 
-def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = False):
+PARAMETERISATIONS = ("noncentred", "centred")
+
+
+def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = False,
+                  parameterisation: str = "noncentred"):
     """The NumPyro model. `cohort` adds a cohort-table likelihood (`cohort_tables.CohortLikelihood`).
+
+    `parameterisation`: "noncentred" samples z_i ~ Normal(0, 1) and sets
+    eta_i = omega z_i; "centred" samples eta_i ~ Normal(0, omega) directly (z is
+    then recorded as a deterministic site). The posterior is the same; with
+    rich per-patient data the centred form has the easier geometry for NUTS
+    (fewer leapfrog steps, docs/fitting.md), with sparse data the non-centred.
 
     `ignore_censoring=True` treats BLQ values as observed at the LLOQ (wrong; kept
     only so the tests can show that the censored likelihood matters).
     """
+    if parameterisation not in PARAMETERISATIONS:
+        raise UserError(f"parameterisation {parameterisation!r}: use one of {', '.join(PARAMETERISATIONS)}")
     F, A = len(problem.free), max(1, len(problem.analytes))
     log_theta = numpyro.sample("log_theta", dist.Normal(jnp.asarray(problem.log_ref), jnp.asarray(problem.prior_sd)).to_event(1))
     omega = numpyro.sample("omega", dist.HalfNormal(problem.omega_prior * jnp.ones(F)).to_event(1))
     sigma = numpyro.sample("sigma", dist.HalfNormal(problem.sigma_prior * jnp.ones(A)).to_event(1))
-    with numpyro.plate("patients", problem.n):
-        z = numpyro.sample("z", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
-    log_factors = (log_theta - jnp.asarray(problem.log_ref)) + omega * z
+    shift = log_theta - jnp.asarray(problem.log_ref)
+    if parameterisation == "centred":
+        with numpyro.plate("patients", problem.n):
+            eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
+        numpyro.deterministic("z", eta / omega)
+        log_factors = shift + eta
+    else:
+        with numpyro.plate("patients", problem.n):
+            z = numpyro.sample("z", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
+        log_factors = shift + omega * z
     numpyro.deterministic("theta", jnp.exp(log_theta))
-    mu, sev, _ = predictions(problem, log_factors)
+    if problem.settings.derivatives == "forward":
+        mu, sev = predictions_forward_ad(problem, log_factors)
+    elif problem.settings.derivatives == "reverse":
+        mu, sev, _ = predictions(problem, log_factors)
+    else:
+        raise UserError(f"GridSettings.derivatives {problem.settings.derivatives!r}: use 'forward' or 'reverse'")
     sd = sigma[jnp.asarray(problem.obs_analyte)]
     mask = jnp.asarray(problem.obs_mask)
     cens = jnp.asarray(problem.obs_cens)
