@@ -175,11 +175,7 @@ def load_simulation(folder: Path, label: str, seed: int = 0) -> SimulationSource
         raise UserError(f"{patients_path}: no patients")
     src.patients = patients.sort_values("patient_id", kind="stable").reset_index(drop=True)
 
-    config_path = folder / "config.yaml"
-    src.config_text = _text(config_path)
-    if src.config_text is not None:
-        src.files.append(config_path)
-        src.config_name = "config.yaml"
+    if _attach_config(src, folder / "config.yaml"):
         try:
             import yaml
 
@@ -215,17 +211,23 @@ def load_simulation(folder: Path, label: str, seed: int = 0) -> SimulationSource
     return src
 
 
+def _attach_config(src: Source, path: Path) -> bool:
+    """Show the file that produced an output (config, sweep or comparison record) when it is there."""
+    src.config_text = _text(path)
+    if src.config_text is None:
+        return False
+    src.files.append(path)
+    src.config_name = path.name
+    return True
+
+
 def load_sweep(folder: Path, label: str) -> SweepSource:
     path = folder / "sweep.csv"
     table = _read_csv(path, SWEEP_COLUMNS)
     table["scale"] = table["scale"].fillna("").astype(str)
     src = SweepSource("sweep", folder, label, files=[path], table=table)
     src.factors = [c for c in table.columns if c not in SWEEP_NON_FACTORS]
-    spec = folder / "sweep.yaml"
-    src.config_text = _text(spec)
-    if src.config_text is not None:
-        src.files.append(spec)
-        src.config_name = "sweep.yaml"
+    _attach_config(src, folder / "sweep.yaml")
     return src
 
 
@@ -234,11 +236,7 @@ def load_comparison(folder: Path, label: str) -> ComparisonSource:
     diff = _read_csv(folder / "differences.csv", DIFF_COLUMNS)
     src = ComparisonSource("comparison", folder, label, files=[folder / "rates.csv", folder / "differences.csv"],
                            rates=rates, differences=diff)
-    record = folder / "comparison.yaml"  # the config, cohort and every policy's fields (`vpop compare --out`)
-    src.config_text = _text(record)
-    if src.config_text is not None:
-        src.files.append(record)
-        src.config_name = "comparison.yaml"
+    _attach_config(src, folder / "comparison.yaml")  # config, cohort and every policy's fields (`vpop compare`)
     return src
 
 
