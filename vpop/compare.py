@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import ConfigError, UserError
+from vpop.grading.encoding import POSITIVE_PRESSURE
 from vpop.policy import PRESETS, PolicySettings, with_overrides
 from vpop.stats import wilson_interval
 
 Z95 = 1.959963984540054
-POSITIVE_PRESSURE = ("cpap", "bipap", "mechanical_ventilation")
 
 
 # --- endpoints -------------------------------------------------------------------
@@ -178,17 +178,9 @@ def resolve_policy(spec, source: str = "<policy>") -> PolicySettings:
 
 def load_policies_file(path) -> list | dict:
     """Policy specs from a YAML file: a list (each a preset name or a mapping) or a mapping name -> spec."""
-    from pathlib import Path
+    from vpop.config import load_yaml_file
 
-    from vpop.config import load_yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: policies file not found")
-    try:
-        data = load_yaml(path.read_text())
-    except Exception as err:  # yaml.YAMLError
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = load_yaml_file(path, "policies")
     if isinstance(data, dict) and set(data) == {"policies"}:
         data = data["policies"]
     if isinstance(data, list):

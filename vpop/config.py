@@ -293,6 +293,17 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def load_yaml_file(path, what: str = "config"):
+    """A YAML file's contents; ConfigError naming the file when it is missing or not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        return load_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
@@ -304,12 +315,7 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 
 def _read_yaml(path: Path, chain=()) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = load_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = load_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -34,15 +34,12 @@ import numpy as np
 
 from vpop import model, policy as policy_mod, readouts
 from vpop.grading import astct
-from vpop.grading.encoding import DEATH_CAUSE, O2_DEVICES
+from vpop.grading.encoding import DEATH_CAUSE, O2_CPAP
 from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES
 from vpop.solver import integrate_interval
 
 
 DEATH = {name: i for i, name in enumerate(DEATH_CAUSE)}
-# CPAP, BiPAP and mechanical ventilation are coded last: positive pressure from here up.
-POSITIVE_PRESSURE_FROM = O2_DEVICES.index("cpap")
-assert O2_DEVICES[POSITIVE_PRESSURE_FROM:] == ("cpap", "bipap", "mechanical_ventilation")
 
 # Solver status per patient.
 STATUS_OK = 0
@@ -287,7 +284,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
                                      t, carry["car_t_peak_day"]),
             max_vasopressors=jnp.where(row_alive, jnp.maximum(carry["max_vasopressors"], row["vasopressors"]),
                                        carry["max_vasopressors"]),
-            positive_pressure=carry["positive_pressure"] | (row_alive & (row["o2_device"] >= POSITIVE_PRESSURE_FROM)),
+            positive_pressure=carry["positive_pressure"] | (row_alive & (row["o2_device"] >= O2_CPAP)),
         )
         out = dict(grades)
         out["alive"] = row_alive

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import jax.numpy as jnp
 
+from vpop.errors import ConfigError
+
 
 NEVER = 99.0  # a trigger grade no patient reaches
 OFF = 1e30  # a biomarker level no patient reaches: the threshold trigger is off
@@ -117,8 +119,6 @@ PRESETS: dict[str, PolicySettings] = {
 
 def check_scales(policy: PolicySettings, crs_scales, neuro_scales, source: str = "policy") -> None:
     """Refuse a policy whose triggers read a scale the run does not grade."""
-    from vpop.errors import ConfigError
-
     for field_name, scale, allowed, simulated, section in (
             ("crs_trigger_scale", policy.crs_trigger_scale, CRS_TRIGGER_SCALES, crs_scales, "CRS"),
             ("icans_trigger_scale", policy.icans_trigger_scale, ICANS_TRIGGER_SCALES, neuro_scales, "neurotoxicity")):

@@ -487,17 +487,11 @@ _OPTIONS = {f: SelectionOptions.__dataclass_fields__[f].default for f in Selecti
 
 def load_targets(path: str | Path, allowed_outputs=None) -> TargetSet:
     """Read and validate a targets YAML file (ConfigError naming the file and the field)."""
-    from vpop.config import load_yaml
+    from vpop.config import load_yaml_file
 
     path = Path(path)
-    src = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{src}: targets file not found")
-    try:
-        data = load_yaml(path.read_text())
-    except Exception as err:  # noqa: BLE001
-        raise ConfigError(f"{src}: not valid YAML: {err}") from None
-    return targets_from_dict(data, src, path.parent, allowed_outputs)
+    data = load_yaml_file(path, "targets")
+    return targets_from_dict(data, str(path), path.parent, allowed_outputs)
 
 
 def targets_from_dict(data, src="<targets>", base: Path | None = None, allowed_outputs=None) -> TargetSet:

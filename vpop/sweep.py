@@ -108,18 +108,13 @@ class SweepSpec:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    from vpop.config import load_yaml  # YAML 1.2 floats (2e6)
+    from vpop.config import load_yaml_file  # YAML 1.2 floats (2e6)
     from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES
     from vpop.population import COVARIATES
 
     path = Path(path)
     src = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{src}: sweep file not found")
-    try:
-        data = load_yaml(path.read_text())
-    except Exception as err:  # yaml.YAMLError
-        raise ConfigError(f"{src}: not valid YAML: {err}") from None
+    data = load_yaml_file(path, "sweep")
     data = _mapping(src, "", data or {}, ("name", "description", "config", "cohort", "schedule", "factors",
                                           "scales", "posterior"))
     factors = _mapping(src, "factors", data.get("factors", {}) or {},
@@ -207,7 +202,7 @@ def _posterior_spec(src, sweep_path: Path, raw) -> dict | None:
         file = posterior_file(where)
     except Exception as err:
         _fail(src, "posterior.path", str(err))
-    out = {"path": file}
+    out = {"path": file, "digest": file_digest(file)}  # hashed once: the posterior is part of every cell key
     for key, default, low in (("draws", 20, 2), ("n", 500, 10)):
         v = raw.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -298,7 +293,7 @@ def cell_key(spec: SweepSpec, cell: Cell, cfg) -> str:
         "dose": [cfg.population.dose_per_kg, cfg.population.flat_dose],
         "marginals": {k: repr(v) for k, v in cfg.population.marginals.items()},
         "posterior": None if spec.posterior is None else {
-            "digest": file_digest(spec.posterior["path"]), "draws": spec.posterior["draws"], "n": spec.posterior["n"]},
+            "digest": spec.posterior["digest"], "draws": spec.posterior["draws"], "n": spec.posterior["n"]},
     }, sort_keys=True, default=str)
     return f"cell-{cell.index:04d}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
@@ -353,17 +348,15 @@ def cell_table(patients: pd.DataFrame, scales: list[str], crs_scales, neuro_scal
     return pd.DataFrame(rows)
 
 
-def with_posterior_intervals(table: pd.DataFrame, spec: SweepSpec, cfg, seed: int) -> pd.DataFrame:
-    """Add the posterior-predictive median and 95% interval to every rate row of a cell."""
+def with_posterior_intervals(table: pd.DataFrame, spec: SweepSpec, cfg, seed: int, draws: dict) -> pd.DataFrame:
+    """Add the posterior-predictive median and 95% interval to every rate row of a cell.
+
+    `draws`: the posterior's typical-value draws ({parameter: array}).
+    """
     from vpop.cohort import simulate
-    from vpop.fitting.posterior import load_theta_draws, pick_draws, predictive_rate_interval
+    from vpop.fitting.posterior import pick_draws, predictive_rate_interval
 
     post = spec.posterior
-    draws = load_theta_draws(post["path"])
-    unknown = sorted(set(draws) - set(TABLE))
-    if unknown:
-        raise ConfigError(f"{spec.source}: posterior.path: {post['path']} fits {', '.join(unknown)}, "
-                          "which are not model parameters")
     counts = []
     for j, params in enumerate(pick_draws(draws, post["draws"], seed)):
         c = replace(cfg, parameters={**cfg.parameters, **params})
@@ -384,6 +377,17 @@ def with_posterior_intervals(table: pd.DataFrame, spec: SweepSpec, cfg, seed: in
         med, lo, hi = predictive_rate_interval(k, n, seed=i)
         table.loc[i, ["post_value", "post_low", "post_high", "post_draws"]] = [med, lo, hi, len(k)]
     return table
+
+
+def _posterior_draws(spec: SweepSpec) -> dict:
+    from vpop.fitting.posterior import load_theta_draws
+
+    draws = load_theta_draws(spec.posterior["path"])
+    unknown = sorted(set(draws) - set(TABLE))
+    if unknown:
+        raise ConfigError(f"{spec.source}: posterior.path: {spec.posterior['path']} fits {', '.join(unknown)}, "
+                          "which are not model parameters")
+    return draws
 
 
 def _write_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -416,6 +420,7 @@ def run_sweep(path: str | Path, out: str | Path, n: int | None = None,
     cells_dir.mkdir(parents=True, exist_ok=True)
     cells = cells_of(spec)
     configs = [cell_config(spec, c) for c in cells]  # every cell checked before any runs
+    draws = _posterior_draws(spec) if spec.posterior is not None else None
     parts, ran, skipped = [], 0, 0
     for cell, cfg in zip(cells, configs):
         file = cells_dir / f"{cell_key(spec, cell, cfg)}.csv"
@@ -430,7 +435,7 @@ def run_sweep(path: str | Path, out: str | Path, n: int | None = None,
         result = simulate(cfg, n=n_cell, seed=seed, record_rows=False)
         table = cell_table(result.patients, spec.scales, cfg.engine.crs_scales, cfg.engine.neuro_scales)
         if spec.posterior is not None:
-            table = with_posterior_intervals(table, spec, cfg, seed)
+            table = with_posterior_intervals(table, spec, cfg, seed, draws)
         factors = cell.factors(spec)
         for i, (k, v) in enumerate(factors.items()):
             table.insert(i, k, v)
