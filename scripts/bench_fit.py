@@ -21,7 +21,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from vpop.config import load_config  # noqa: E402
+from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer, synthetic  # noqa: E402
 from vpop.fitting import model as fm  # noqa: E402
 

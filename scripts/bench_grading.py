@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vpop.grading import encoding as enc  # noqa: E402
+from vpop.observation import encoding as enc  # noqa: E402
 from vpop.grading.table import (  # noqa: E402
     grade_arrays,
     resolve_scales,

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpop.config import load_config
-from vpop.population import PopulationSampler, patient_keys
+from vpop.run.config import load_config
+from vpop.population.sampler import PopulationSampler, patient_keys
 
 
 def main():

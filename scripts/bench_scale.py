@@ -4,7 +4,7 @@
 
 Each N runs in its own subprocess (so peak RSS, VmHWM from /proc/self/status,
 belongs to that N alone), streaming a cohort into a temporary folder with
-`vpop.streaming.simulate_stream`. Reports compile time, simulate time,
+`vpop.run.streaming.simulate_stream`. Reports compile time, simulate time,
 patients/s (excluding compile), peak RSS, and the memory-growth check: peak
 RSS of the largest N over that of the smallest (bounded memory means a ratio
 near 1, whatever the ratio of the Ns).
@@ -25,8 +25,9 @@ import json, os, resource, sys, time
 t0 = time.perf_counter()
 from dataclasses import replace
 import jax
-from vpop import compile_cache, streaming
-from vpop.config import load_config
+from vpop.engine import compile_cache
+from vpop.run import streaming
+from vpop.run.config import load_config
 compile_cache.enable()
 n, days, chunk, obs, out, config = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5], sys.argv[6]
 cfg = load_config(None if config == "-" else config)

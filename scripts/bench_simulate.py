@@ -42,14 +42,14 @@ SUBSTEPS = None  # --substeps: override the default steps per interval
 def _config():
     from dataclasses import replace
 
-    from vpop.config import load_config
+    from vpop.run.config import load_config
 
     cfg = load_config(None)
     return cfg if SUBSTEPS is None else replace(cfg, engine=replace(cfg.engine, substeps=SUBSTEPS))
 
 
 def worker_vpop(n: int) -> dict:
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     cfg = _config()
     t0 = time.perf_counter()
@@ -63,14 +63,14 @@ def worker_vpop(n: int) -> dict:
 def _sample(n: int, dtype):
     import jax.numpy as jnp
 
-    from vpop.cohort import _compiled_sampler, _split_keys
-    from vpop.config import load_config
-    from vpop.population import PopulationSampler, patient_keys
+    from vpop.run.cohort import compiled_sampler, split_keys
+    from vpop.run.config import load_config
+    from vpop.population.sampler import PopulationSampler, patient_keys
 
     cfg = load_config(None)
     sampler = PopulationSampler(cfg.population, cfg.parameters)
-    pop_keys, _ = _split_keys(patient_keys(0, np.arange(n)))
-    _, p = _compiled_sampler(sampler, dtype)(pop_keys)
+    pop_keys, _ = split_keys(patient_keys(0, np.arange(n)))
+    _, p = compiled_sampler(sampler, dtype)(pop_keys)
     return p
 
 
@@ -79,8 +79,7 @@ def worker_scipy(n: int) -> dict:
     import jax.numpy as jnp
     from scipy.integrate import solve_ivp
 
-    from vpop import model
-
+    from vpop.model import equations as model
     jax.config.update("jax_enable_x64", True)
     p = _sample(n, jnp.float64)
     ts = np.arange(113) * 0.25
@@ -103,8 +102,7 @@ def worker_diffrax(n: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from vpop import model
-
+    from vpop.model import equations as model
     p = _sample(n, jnp.float32)
     ts = jnp.arange(113) * 0.25
 
@@ -131,7 +129,7 @@ def worker_diffrax(n: int) -> dict:
 def worker_agreement(n: int) -> dict:
     from dataclasses import replace
 
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     cfg = _config()
     fast = simulate(cfg, n=n, seed=0, record_rows=False).patients

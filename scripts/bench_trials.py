@@ -13,9 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vpop import designs
-
-
+from vpop.trials import designs
 def bench_designs(trials: int) -> None:
     pool = designs.PatientPool.from_probabilities([0.05, 0.12, 0.30, 0.50, 0.70], n_pool=100_000)
     for name in ("boin", "3+3", "crm"):
@@ -42,7 +40,7 @@ scales: [astct]
 
 
 def bench_sweep(n: int, days: float) -> None:
-    from vpop.sweep import run_sweep
+    from vpop.trials.sweep import run_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"

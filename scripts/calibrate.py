@@ -48,14 +48,14 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vpop.config import load_config  # noqa: E402
+from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer  # noqa: E402
 from vpop.fitting.model import GridSettings  # noqa: E402
 from vpop.fitting.cohort_tables import (  # noqa: E402
     LIKELIHOOD_ENDPOINTS, build_cohort_likelihood, engine_rates, read_cohort_table,
 )
-from vpop.parameters import TABLE as PARAMS  # noqa: E402
-from vpop.population import PopulationSampler  # noqa: E402
+from vpop.model.parameters import TABLE as PARAMS  # noqa: E402
+from vpop.population.sampler import PopulationSampler  # noqa: E402
 from vpop.stats import wilson_interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vpop.config import load_config  # noqa: E402
+from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer, synthetic  # noqa: E402
 from vpop.fitting import model as fm  # noqa: E402
 

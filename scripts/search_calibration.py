@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 
-from vpop.cohort import simulate
-from vpop.config import _read_yaml, config_from_dict, shipped_config
-from vpop.parameters import TABLE
+from vpop.run.cohort import simulate
+from vpop.run.config import _read_yaml, config_from_dict, shipped_config
+from vpop.model.parameters import TABLE
 
 # name: (kind, low, high) where kind is "param" or "omega"
 KNOBS = {

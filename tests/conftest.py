@@ -10,6 +10,6 @@ jax.config.update("jax_enable_x64", True)
 
 @pytest.fixture(scope="session")
 def default_config():
-    from vpop.config import load_config
+    from vpop.run.config import load_config
 
     return load_config(None)

@@ -6,16 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpop.cohort import _compiled_sampler, _split_keys
-from vpop.population import PopulationSampler, patient_keys
+from vpop.run.cohort import compiled_sampler, split_keys
+from vpop.population.sampler import PopulationSampler, patient_keys
 
 
 def sample_patients(config, ids, dtype=jnp.float64):
     """Individual parameters (dict of arrays) and event keys of patients `ids`."""
     sampler = PopulationSampler(config.population, config.parameters)
     keys = patient_keys(config.seed, np.asarray(ids))
-    pop_keys, event_keys = _split_keys(keys)
-    cov, p = _compiled_sampler(sampler, dtype)(pop_keys)
+    pop_keys, event_keys = split_keys(keys)
+    cov, p = compiled_sampler(sampler, dtype)(pop_keys)
     return cov, p, event_keys
 
 

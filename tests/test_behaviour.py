@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from vpop import cohort
-from vpop.policy import NEVER, PRESETS
+from vpop.run import cohort
+from vpop.policy.rules import NEVER, PRESETS
 
 N = 300
 NO_STEROIDS = dict(dex_crs_trigger_grade=NEVER, dex_crs2_after_toci_doses=NEVER, dex_icans_trigger_grade=NEVER,

@@ -34,8 +34,8 @@ def test_block_is_replaced_not_stacked(calibrate):
 
 
 def test_every_preset_carries_its_calibration_and_loads_with_it(calibrate):
-    from vpop.config import load_config
-    from vpop.population import PopulationSampler
+    from vpop.run.config import load_config
+    from vpop.population.sampler import PopulationSampler
 
     for preset in calibrate.PRESET_COHORTS:
         text = (ROOT / "configs" / f"{preset}.yaml").read_text()

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vpop import compare
+from vpop.trials import compare
 from vpop.errors import ConfigError
-from vpop.policy import NEVER, PRESETS
+from vpop.policy.rules import NEVER, PRESETS
 
 N = 200  # every simulating test uses n=200, 10 days and ASTCT grading only: one compiled engine for all
 DAYS = 10.0
@@ -92,7 +92,7 @@ def test_prophylactic_dex_reduces_icans_with_ci(small_comparison):
 
 
 def test_icu_support_tracked_by_engine_matches_the_observation_table(default_config):
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     # untreated, so that some patients reach vasopressors and positive pressure
     res = simulate(replace(small_config(default_config), policy=PRESETS["none"]), n=N, seed=1)

@@ -8,8 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from vpop import compile_cache
-
+from vpop.engine import compile_cache
 SCRIPT = textwrap.dedent("""
     import json, time
     t0 = time.perf_counter()
@@ -17,11 +16,11 @@ SCRIPT = textwrap.dedent("""
     from jax import monitoring
     hits = []
     monitoring.register_event_listener(lambda name, **kw: hits.append(name) if "cache_hits" in name else None)
-    from vpop import compile_cache
+    from vpop.engine import compile_cache
     folder = compile_cache.enable()
     from dataclasses import replace
-    from vpop import cohort
-    from vpop.config import load_config
+    from vpop.run import cohort
+    from vpop.run.config import load_config
     cfg = load_config(None)
     cfg = replace(cfg, engine=replace(cfg.engine, days=1.0), batch_size=4)
     res = cohort.simulate(cfg, n=4, seed=0, record_rows=False)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vpop.cli import main
-from vpop.config import load_config
+from vpop.run.config import load_config
 from vpop.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_model_doc_parameter_table_is_current():
 
 
 def test_every_parameter_has_unit_source_and_a_range_holding_its_value():
-    from vpop.parameters import PARAMETERS
+    from vpop.model.parameters import PARAMETERS
 
     names = [p.name for p in PARAMETERS]
     assert len(names) == len(set(names))

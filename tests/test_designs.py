@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vpop import designs
-from vpop.designs import NO_MTD, DLTDefinition, PatientPool
+from vpop.trials import designs
+from vpop.trials.designs import NO_MTD, DLTDefinition, PatientPool
 
 
 def sequence_pool(flags, n_doses):

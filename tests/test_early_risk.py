@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vpop import early_risk as er
-
-
+from vpop.trials import early_risk as er
 def test_roc_auc_matches_pair_counting():
     rng = np.random.default_rng(0)
     s = np.round(rng.normal(size=60), 1)  # with ties

@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vpop import cohort, engine, policy
-from vpop.engine import EngineSettings, simulate_patient
+from vpop.run import cohort
+
+from vpop.engine import course as engine
+
+from vpop.policy import rules as policy
+from vpop.engine.course import EngineSettings, simulate_patient
 
 from helpers import one, sample_patients
 
@@ -151,12 +155,12 @@ def test_patients_do_not_depend_on_the_x64_mode(default_config):
 
     code = (
         "import json, numpy as np, jax.numpy as jnp\n"
-        "from vpop.config import load_config\n"
-        "from vpop.cohort import _compiled_sampler, _split_keys\n"
-        "from vpop.population import PopulationSampler, patient_keys\n"
+        "from vpop.run.config import load_config\n"
+        "from vpop.run.cohort import compiled_sampler, split_keys\n"
+        "from vpop.population.sampler import PopulationSampler, patient_keys\n"
         "cfg = load_config(None)\n"
-        "k, _ = _split_keys(patient_keys(0, np.arange(6)))\n"
-        "cov, p = _compiled_sampler(PopulationSampler(cfg.population, cfg.parameters), jnp.float32)(k)\n"
+        "k, _ = split_keys(patient_keys(0, np.arange(6)))\n"
+        "cov, p = compiled_sampler(PopulationSampler(cfg.population, cfg.parameters), jnp.float32)(k)\n"
         "print(json.dumps({n: np.asarray(cov[n], float).tolist() for n in ('tumor_burden', 'age_years')}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

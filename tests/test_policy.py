@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vpop import engine, policy
-from vpop.compare import resolve_policy
-from vpop.config import load_config
+from vpop.engine import course as engine
+
+from vpop.policy import rules as policy
+from vpop.trials.compare import resolve_policy
+from vpop.run.config import load_config
 from vpop.errors import ConfigError
 
 QUIET = {"il6_pg_ml": 10.0, "crp_mg_l": 5.0, "ferritin_ng_ml": 500.0}
@@ -80,7 +82,7 @@ def test_policy_on_an_ungraded_scale_is_refused(tmp_path):
     path.write_text("extends: default.yaml\npolicy: {crs_trigger_scale: grade}\n")
     with pytest.raises(ConfigError, match=r"policy\.crs_trigger_scale.*astct, lee2014"):
         load_config(path)
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     cfg = load_config(None)
     cfg = replace(cfg, engine=replace(cfg.engine, crs_scales=("astct",)),
@@ -90,7 +92,7 @@ def test_policy_on_an_ungraded_scale_is_refused(tmp_path):
 
 
 def test_preemptive_tocilizumab_follows_il6_in_the_simulation(default_config):
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     from test_compare import N, small_config
 

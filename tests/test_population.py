@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from vpop.config import load_config, shipped_config
+from vpop.run.config import load_config, shipped_config
 from vpop.errors import ConfigError, DataError
-from vpop.population import COVARIATES, PopulationSampler, patient_keys
+from vpop.population.sampler import COVARIATES, PopulationSampler, patient_keys
 
 PRESETS = ("axicel", "tisacel_dlbcl", "tisacel_ball", "lisocel", "idecel", "ciltacel")
 N_SIM = 200  # every simulation in these tests uses 200 patients and 14 days: one compile
@@ -114,7 +114,7 @@ def _table(n=N_SIM, seed=5):
 
 
 def test_patient_table_used_as_given(tmp_path):
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     tab = _table()
     tab.to_parquet(tmp_path / "patients.parquet")
@@ -131,8 +131,8 @@ def test_patient_table_used_as_given(tmp_path):
 
 def test_patient_table_reproduces_sampled_patients(tmp_path):
     """Ids, covariates and eta of sampled patients, read back, give the same patients (rows shuffled)."""
-    from vpop.cohort import simulate
-    from vpop.selection import selected_patient_table
+    from vpop.run.cohort import simulate
+    from vpop.trials.selection import selected_patient_table
 
     cfg = short_config(tmp_path, "axicel")
     first = simulate(cfg, n=N_SIM, seed=4, record_rows=False).patients
@@ -155,7 +155,7 @@ def test_patient_table_reproduces_sampled_patients(tmp_path):
     (lambda t: t.assign(eta_not_a_parameter=0.1), "column eta_not_a_parameter"),
 ])
 def test_bad_patient_table_names_row_and_column(tmp_path, edit, message):
-    from vpop.patient_table import load_patient_table
+    from vpop.population.patient_table import load_patient_table
 
     path = tmp_path / "bad.csv"
     edit(_table(10)).to_csv(path, index=False)
@@ -205,7 +205,7 @@ def test_presets_load_and_are_distinct():
 
 
 def test_cd28_preset_has_earlier_crs_and_expansion_than_ciltacel(tmp_path):
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     out = {}
     for name in ("axicel", "ciltacel"):

@@ -9,7 +9,7 @@ import yaml
 from scipy import stats
 
 from vpop.errors import ConfigError
-from vpop.selection import (SelectionOptions, Target, ks_statistics, load_targets, prevalence_weights, select,
+from vpop.trials.selection import (SelectionOptions, Target, ks_statistics, load_targets, prevalence_weights, select,
                             targets_from_dict)
 
 KS_REACHED = 0.06  # selected population vs target, each target (N_plausible = 20,000)
@@ -117,7 +117,7 @@ def test_targets_file_samples_from_csv(tmp_path):
 def test_end_to_end_selection_on_simulated_patients(tmp_path):
     """CLI: 200 plausible axi-cel-like patients (14 days), selected toward lower CAR-T peaks."""
     from vpop.cli import main
-    from vpop.config import shipped_config
+    from vpop.run.config import shipped_config
 
     cfg = tmp_path / "axi14.yaml"
     cfg.write_text(yaml.safe_dump({"extends": str(shipped_config("axicel.yaml")), "name": "axicel_short",

@@ -15,8 +15,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from vpop import cohort, sharding
+from vpop.run import cohort
 
+from vpop.engine import sharding
 N, SEED = 40, 5  # batch_size 4: every device runs batches of 4, as one device does
 
 SCRIPT = textwrap.dedent("""
@@ -26,8 +27,9 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     from dataclasses import replace
     import numpy as np
-    from vpop import cohort, sharding
-    from vpop.config import load_config
+    from vpop.run import cohort
+    from vpop.engine import sharding
+    from vpop.run.config import load_config
     assert sharding.device_count() == 4, jax.devices()
     assert sharding.round_batch(6) == 8 and sharding.global_batch(4, 40) == 16
     cfg = load_config(None)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from vpop import model, readouts
-from vpop.solver import _etdrk4_coefficients, integrate_interval
+from vpop.model import equations as model
+
+from vpop.observation import readouts
+from vpop.solver.etdrk import _etdrk4_coefficients, integrate_interval
 
 from helpers import one, sample_patients
 

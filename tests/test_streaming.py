@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vpop import cohort, streaming
+from vpop.run import cohort
+
+from vpop.run import streaming
 from vpop.errors import UserError
 
 N, SEED, CHUNK = 45, 3, 16

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from vpop import designs, sweep
+from vpop.trials import designs
+
+from vpop.trials import sweep
 from vpop.cli import main
 from vpop.errors import ConfigError
 
@@ -111,7 +113,7 @@ scales: [astct]
 
 
 def test_dose_pools_are_the_same_patients_at_each_dose(small_config_file):
-    from vpop.config import load_config
+    from vpop.run.config import load_config
 
     cfg = load_config(small_config_file)
     definition = designs.DLTDefinition(crs_grade=3, icans_grade=3, window_days=28.0)
@@ -178,7 +180,7 @@ policies:
 def test_sweep_with_posterior_carries_parameter_uncertainty(tmp_path, small_config_file):
     from test_posterior import write_posterior
 
-    from vpop.parameters import TABLE
+    from vpop.model.parameters import TABLE
 
     typical = TABLE["car_prolif_max"].value
     # two very different expansion rates: the posterior interval must span both cohorts' rates

@@ -10,8 +10,8 @@ See README.md and docs/.
 
 __version__ = "0.1.0"
 
-from vpop.cohort import CohortResult as CohortResult, simulate as simulate
-from vpop.config import SimulationConfig as SimulationConfig, load_config as load_config
+from vpop.run.cohort import CohortResult as CohortResult, simulate as simulate
+from vpop.run.config import SimulationConfig as SimulationConfig, load_config as load_config
 from vpop.grading.table import (
     grade_observations as grade_observations,
     read_observations as read_observations,

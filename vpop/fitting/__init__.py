@@ -5,5 +5,5 @@
   and their smoothed simulated likelihood.
 * `vpop.fitting.model`: the hierarchical NumPyro model (non-centred IIV, vmapped solves).
 * `vpop.fitting.infer`: SVI and NUTS, ArviZ output, diagnostics, posterior predictive.
-* `vpop.fitting.cli`: `vpop fit`.
+* `vpop.cli.fit`: `vpop fit`.
 """

@@ -43,7 +43,7 @@ import numpy as np
 import numpyro
 import pandas as pd
 
-from vpop import model as vmodel
+from vpop.model import equations as vmodel
 from vpop.errors import DataError
 
 REQUIRED_COLUMNS = ("cohort", "product", "construct", "disease", "n", "scale", "endpoint", "value", "unit", "source", "note")
@@ -181,7 +181,7 @@ def engine_median(patients: pd.DataFrame, t: Target) -> float:
 
 def engine_rates(config, targets, n: int, seed: int, parameters: dict | None = None) -> pd.DataFrame:
     """Exact engine rates/medians of every target (full simulation with grading and management)."""
-    from vpop.cohort import simulate
+    from vpop.run.cohort import simulate
 
     cfg = config if parameters is None else replace(config, parameters={**config.parameters, **parameters})
     pts = simulate(cfg, n=n, seed=seed, record_rows=False).patients
@@ -213,13 +213,13 @@ SURROGATE_FLOOR = {"fever": 1e-3, "map_drop": 1e-2, "neuro": 1e-4}
 
 
 def virtual_parameters(config, n: int, seed: int, dtype=jnp.float64) -> dict:
-    """Individual parameters of virtual patients 0..n-1 (fixed keys, as `vpop.cohort.simulate` draws them)."""
-    from vpop.cohort import _compiled_sampler, _split_keys
-    from vpop.population import PopulationSampler, patient_keys
+    """Individual parameters of virtual patients 0..n-1 (fixed keys, as `vpop.run.cohort.simulate` draws them)."""
+    from vpop.run.cohort import compiled_sampler, split_keys
+    from vpop.population.sampler import PopulationSampler, patient_keys
 
     sampler = PopulationSampler(config.population, config.parameters)
-    pop_keys, _ = _split_keys(patient_keys(seed, np.arange(n)))
-    _, p = _compiled_sampler(sampler, dtype)(pop_keys)
+    pop_keys, _ = split_keys(patient_keys(seed, np.arange(n)))
+    _, p = compiled_sampler(sampler, dtype)(pop_keys)
     return {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
 
 
@@ -227,7 +227,7 @@ def surrogates(p_batch: dict, free, log_factor, n_grid: int, settings):
     """(n, 3) surrogate severities of virtual patients at population factors exp(log_factor).
 
     All patients are integrated at once in structure-of-arrays layout (states
-    (n_states, n), as `vpop.engine.simulate_batch`); no drug is given.
+    (n_states, n), as `vpop.engine.course.simulate_batch`); no drug is given.
     """
     from vpop.fitting.model import individual, solve_grid
 
@@ -312,7 +312,7 @@ def build_cohort_likelihood(config, targets, free, n_virtual: int = 200, seed: i
     are left out of the likelihood (they are still compared by `engine_rates`).
     """
     from vpop.fitting.model import GridSettings, check_free
-    from vpop.population import PopulationSampler
+    from vpop.population.sampler import PopulationSampler
 
     settings = settings or GridSettings()
     free = check_free(free)

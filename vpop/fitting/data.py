@@ -13,7 +13,7 @@ One row per observation or dose event (software-anchors.md §2.2):
 | `MDV` | optional; 1 = missing DV (row ignored) |
 | `LLOQ` | optional; lower limit of quantification of the row |
 | `BLQ` or `CENS` | optional; 1 = below the LLOQ (DV then holds the LLOQ when no LLOQ column) |
-| covariates | optional, constant within a patient: any of `vpop.population.COVARIATES`, `female` or `SEX` (F/M) |
+| covariates | optional, constant within a patient: any of `vpop.population.sampler.COVARIATES`, `female` or `SEX` (F/M) |
 | grades | optional, constant within a patient: `CRS_GRADE`, `ICANS_GRADE` (observed maximum grades 0-5) |
 
 Column names are matched case-insensitively. An observation with DV below
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import DataError
-from vpop.population import COVARIATES
+from vpop.population.sampler import COVARIATES
 
-# Analyte name (as written in DVID/CMT, lower-case) -> vpop.readouts.biomarkers key.
+# Analyte name (as written in DVID/CMT, lower-case) -> vpop.observation.readouts.biomarkers key.
 ANALYTES: dict[str, str] = {
     "il6": "il6_pg_ml",
     "il-6": "il6_pg_ml",

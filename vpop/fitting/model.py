@@ -10,7 +10,7 @@ For free parameters theta_1..theta_F (names from the parameter table):
 theta_ref is the config's typical value (the table value unless the config
 overrides it), so the prior's ±2 SD span the table's plausible range. base_i
 holds patient i's parameters at the typical values given their covariates
-(covariate effects of `vpop.population.covariate_effects`; missing covariates
+(covariate effects of `vpop.population.sampler.covariate_effects`; missing covariates
 at the config's population median); parameters that are not fitted stay there.
 
 Each patient is integrated with the model and the exponential integrator on a
@@ -44,13 +44,13 @@ import numpyro
 import numpyro.distributions as dist
 from jax.scipy.stats import norm
 
-from vpop import model as vmodel
-from vpop import readouts
+from vpop.model import equations as vmodel
+from vpop.observation import readouts
 from vpop.errors import UserError
 from vpop.fitting.data import DOSE_KINDS, PatientData
-from vpop.parameters import TABLE
-from vpop.population import COVARIATES, PopulationSampler
-from vpop.solver import STEPPERS
+from vpop.model.parameters import TABLE
+from vpop.population.sampler import COVARIATES, PopulationSampler
+from vpop.solver.etdrk import STEPPERS
 
 DEFAULT_FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")
 GRADE_CATEGORIES = 5  # grades 0-4 (5 counted as 4)
@@ -215,7 +215,7 @@ def solve_grid(p, doses, n_grid: int, settings: GridSettings):
     """States at grid points 0..n_grid (before that point's doses), shape (n_grid + 1, n_states).
 
     One patient: parameters are scalars and `doses` is (n_grid + 1, n_kinds).
-    A batch in structure-of-arrays layout (as `vpop.engine.simulate_batch`):
+    A batch in structure-of-arrays layout (as `vpop.engine.course.simulate_batch`):
     parameters of shape (N,), `doses` (n_grid + 1, n_kinds, N); the result is
     then (n_grid + 1, n_states, N). The physics is elementwise in the patient,
     so the same code serves both.
@@ -277,7 +277,7 @@ def predictions(problem: FitProblem, log_factors, layout: str = "soa"):
     """Log predictions at the observations (n, m), severities {crs, icans: (n,)} and log trajectories (n, G, A).
 
     `layout="soa"` (default) integrates all patients at once with the patient
-    axis trailing (states (n_states, n), as `vpop.engine.simulate_batch`);
+    axis trailing (states (n_states, n), as `vpop.engine.course.simulate_batch`);
     `layout="vmap"` is `jax.vmap(predict_patient)` (the reference; same values).
     On the CPU the first is faster (docs/fitting.md, "The fitting solve").
     """

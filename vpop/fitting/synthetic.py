@@ -74,7 +74,7 @@ def simulate_dataset(config, n: int, free, theta_true: dict, omega_true: dict, s
 
 
 def _covariates(config, n, seed):
-    from vpop.population import COVARIATES, PopulationSampler, patient_keys
+    from vpop.population.sampler import COVARIATES, PopulationSampler, patient_keys
 
     sampler = PopulationSampler(config.population, config.parameters)
     keys = patient_keys(seed + 1000, np.arange(n))

@@ -18,7 +18,7 @@ from vpop.grading.astct import (
     icans_grade_astct as icans_grade_astct,
     is_pediatric as is_pediatric,
 )
-from vpop.grading.encoding import (
+from vpop.observation.encoding import (
     CEREBRAL_EDEMA as CEREBRAL_EDEMA,
     CONSCIOUSNESS as CONSCIOUSNESS,
     DEATH_CAUSE as DEATH_CAUSE,

@@ -4,7 +4,7 @@ Every function here is pure and elementwise: it takes arrays of any shape
 (they broadcast), does no Python branching on values, and so works on one
 patient's scalars inside a jitted, vmapped simulator as well as on whole
 columns of an observation table. Categorical inputs are the integer codes of
-`vpop.grading.encoding`. Missing numbers are NaN.
+`vpop.observation.encoding`. Missing numbers are NaN.
 
 **References:** Lee DW, Santomasso BD, Locke FL, et al. ASTCT consensus
 grading for cytokine release syndrome and neurologic toxicity associated with
@@ -17,10 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpop.grading import encoding as enc
-
-
-#: Temperature at or above which a patient has fever (°C).
+from vpop.observation import encoding as enc  #: Temperature at or above which a patient has fever (°C).
 FEVER_C = 38.0
 #: Flow above which a nasal cannula counts as high flow (L/min).
 LOW_FLOW_MAX_LPM = 6.0
@@ -35,29 +32,29 @@ _SEIZURE_LEVEL = np.array([0, 3, 4], np.int32)
 _EDEMA_LEVEL = np.array([0, 3, 4], np.int32)
 
 
-def _as_bool(x) -> jax.Array:
+def as_bool(x) -> jax.Array:
     return jnp.asarray(x) != 0
 
 
-def _as_float(x) -> jax.Array:
+def as_float(x) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
 
 
-def _as_code(x) -> jax.Array:
+def as_code(x) -> jax.Array:
     return jnp.asarray(x).astype(jnp.int32)
 
 
-def _missing_as_nan(x):
+def missing_as_nan(x):
     """None (column absent) becomes NaN."""
-    return jnp.asarray(jnp.nan) if x is None else _as_float(x)
+    return jnp.asarray(jnp.nan) if x is None else as_float(x)
 
 
 def fever(temp_c) -> jax.Array:
     """True where `temp_c` ≥ 38.0 °C (NaN is no fever)."""
-    return _as_float(temp_c) >= FEVER_C
+    return as_float(temp_c) >= FEVER_C
 
 
 def hypotension_level(hypotension, vasopressors, vasopressin=False) -> jax.Array:
@@ -75,7 +72,7 @@ def hypotension_level(hypotension, vasopressors, vasopressin=False) -> jax.Array
     return jnp.where(
         n >= 2,
         4,
-        jnp.where((n >= 1) | _as_bool(vasopressin), 3, jnp.where(_as_bool(hypotension), 2, 0)),
+        jnp.where((n >= 1) | as_bool(vasopressin), 3, jnp.where(as_bool(hypotension), 2, 0)),
     ).astype(jnp.int32)
 
 
@@ -87,10 +84,10 @@ def hypoxia_level(o2_device, o2_flow_lpm=None) -> jax.Array:
     CPAP, BiPAP and mechanical ventilation are 4. A missing (NaN) flow on a
     low-flow cannula is taken as ≤ 6 L/min.
     """
-    device = _as_code(o2_device)
+    device = as_code(o2_device)
     level = jnp.asarray(_HYPOXIA_LEVEL)[device]
     if o2_flow_lpm is not None:
-        high = (device == enc.O2_LOW_FLOW) & (_as_float(o2_flow_lpm) > LOW_FLOW_MAX_LPM)
+        high = (device == enc.O2_LOW_FLOW) & (as_float(o2_flow_lpm) > LOW_FLOW_MAX_LPM)
         level = jnp.where(high, 3, level)
     return level.astype(jnp.int32)
 
@@ -133,13 +130,13 @@ def crs_grade_astct(
         hypoxia_level(o2_device, o2_flow_lpm),
     )
     febrile = fever(temp_c)
-    grade = jnp.where(febrile, jnp.maximum(organ, 1), jnp.where(_as_bool(fever_waived), organ, 0))
-    return jnp.where(_as_code(death_cause) == enc.DEATH_CRS, 5, grade).astype(jnp.int32)
+    grade = jnp.where(febrile, jnp.maximum(organ, 1), jnp.where(as_bool(fever_waived), organ, 0))
+    return jnp.where(as_code(death_cause) == enc.DEATH_CRS, 5, grade).astype(jnp.int32)
 
 
 def crs_treated(antipyretics_given=False, tocilizumab_given=False, steroids_given=False):
     """True where antipyretic or anti-cytokine therapy (tocilizumab, steroids) has been given."""
-    return _as_bool(antipyretics_given) | _as_bool(tocilizumab_given) | _as_bool(steroids_given)
+    return as_bool(antipyretics_given) | as_bool(tocilizumab_given) | as_bool(steroids_given)
 
 
 def crs_fever_waiver_step(fever_waived, crs_seen, crs_grade_fever_required, treated):
@@ -172,8 +169,8 @@ def crs_fever_waiver_step(fever_waived, crs_seen, crs_grade_fever_required, trea
 
     **Returns:** `(fever_waived, crs_seen)`, both bool arrays.
     """
-    crs_seen = _as_bool(crs_seen) | (jnp.asarray(crs_grade_fever_required) >= 1)
-    fever_waived = _as_bool(fever_waived) | (crs_seen & _as_bool(treated))
+    crs_seen = as_bool(crs_seen) | (jnp.asarray(crs_grade_fever_required) >= 1)
+    fever_waived = as_bool(fever_waived) | (crs_seen & as_bool(treated))
     return fever_waived, crs_seen
 
 
@@ -223,7 +220,7 @@ def is_pediatric(age_years) -> jax.Array:
     """True where age < 12 years (exactly 12.0 is adult; NaN/missing is adult)."""
     if age_years is None:
         return jnp.asarray(False)
-    return _as_float(age_years) < PEDIATRIC_AGE_YEARS
+    return as_float(age_years) < PEDIATRIC_AGE_YEARS
 
 
 def encephalopathy_level(ice_score, consciousness, age_years=None, capd_score=None) -> jax.Array:
@@ -234,14 +231,14 @@ def encephalopathy_level(ice_score, consciousness, age_years=None, capd_score=No
     Children: CAPD ≥ 9 → 3; CAPD 0–8 or missing → 0 (the grade 1/2 split then
     comes from the consciousness domain; see docs/grading.md).
     """
-    ice = _missing_as_nan(ice_score)
+    ice = missing_as_nan(ice_score)
     adult = jnp.where(
         jnp.isnan(ice),
         0,
         jnp.where(ice >= 10, 0, jnp.where(ice >= 7, 1, jnp.where(ice >= 3, 2, 3))),
     )
-    adult = jnp.where((ice == 0) & (_as_code(consciousness) == enc.LOC_UNAROUSABLE), 4, adult)
-    capd = _missing_as_nan(capd_score)
+    adult = jnp.where((ice == 0) & (as_code(consciousness) == enc.LOC_UNAROUSABLE), 4, adult)
+    capd = missing_as_nan(capd_score)
     child = jnp.where(capd >= CAPD_DELIRIUM, 3, 0)  # NaN compares False -> 0
     return jnp.where(is_pediatric(age_years), child, adult).astype(jnp.int32)
 
@@ -278,9 +275,9 @@ def icans_grade_astct(
     **Returns:** int32 array of grades.
     """
     level = encephalopathy_level(ice_score, consciousness, age_years, capd_score)
-    level = jnp.maximum(level, _as_code(consciousness))
-    level = jnp.maximum(level, jnp.asarray(_SEIZURE_LEVEL)[_as_code(seizure)])
-    level = jnp.maximum(level, jnp.where(_as_bool(motor_weakness), 4, 0))
-    level = jnp.maximum(level, jnp.asarray(_EDEMA_LEVEL)[_as_code(cerebral_edema)])
-    level = jnp.maximum(level, jnp.where(_as_bool(raised_icp_signs), 4, 0))
-    return jnp.where(_as_code(death_cause) == enc.DEATH_ICANS, 5, level).astype(jnp.int32)
+    level = jnp.maximum(level, as_code(consciousness))
+    level = jnp.maximum(level, jnp.asarray(_SEIZURE_LEVEL)[as_code(seizure)])
+    level = jnp.maximum(level, jnp.where(as_bool(motor_weakness), 4, 0))
+    level = jnp.maximum(level, jnp.asarray(_EDEMA_LEVEL)[as_code(cerebral_edema)])
+    level = jnp.maximum(level, jnp.where(as_bool(raised_icp_signs), 4, 0))
+    return jnp.where(as_code(death_cause) == enc.DEATH_ICANS, 5, level).astype(jnp.int32)

@@ -36,12 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpop.grading import encoding as enc
+from vpop.observation import encoding as enc
 from vpop.grading.astct import (
-    _as_bool,
-    _as_code,
-    _as_float,
-    _missing_as_nan,
+    as_bool,
+    as_code,
+    as_float,
+    missing_as_nan,
     fever,
     is_pediatric,
 )
@@ -72,8 +72,8 @@ def fio2_from_device(o2_device, o2_flow_lpm=None) -> jax.Array:
     Venturi 0.4; non-rebreather 0.8; CPAP and BiPAP 0.5; mechanical
     ventilation 0.6.
     """
-    device = _as_code(o2_device)
-    flow = _missing_as_nan(o2_flow_lpm)
+    device = as_code(o2_device)
+    flow = missing_as_nan(o2_flow_lpm)
     flow = jnp.where(jnp.isnan(flow), DEFAULT_CANNULA_FLOW_LPM, flow)
     cannula = jnp.minimum(0.21 + FIO2_PER_LPM * flow, 1.0)
     table = jnp.asarray(_DEVICE_FIO2, dtype=cannula.dtype)[device]
@@ -85,18 +85,18 @@ def effective_fio2(o2_device, o2_flow_lpm=None, fio2=None) -> jax.Array:
     derived = fio2_from_device(o2_device, o2_flow_lpm)
     if fio2 is None:
         return derived
-    f = _as_float(fio2)
+    f = as_float(fio2)
     return jnp.where(jnp.isnan(f), derived, f)
 
 
 def high_dose_vasopressors(vasopressors, vasopressin=False, vasopressor_dose_ne=None) -> jax.Array:
     """True where vasopressor support is high-dose (see module docstring)."""
     n = jnp.asarray(vasopressors)
-    vp = _as_bool(vasopressin)
+    vp = as_bool(vasopressin)
     fallback = (n >= 2) | (vp & (n >= 1))
     if vasopressor_dose_ne is None:
         return fallback
-    dose = _as_float(vasopressor_dose_ne)
+    dose = as_float(vasopressor_dose_ne)
     on = (n >= 1) | vp
     return jnp.where(jnp.isnan(dose), fallback, on & (dose >= HIGH_DOSE_NE_UG_MIN))
 
@@ -104,7 +104,7 @@ def high_dose_vasopressors(vasopressors, vasopressin=False, vasopressor_dose_ne=
 def _oxygen(o2_device, o2_flow_lpm, fio2):
     """(ventilated, oxygen required, FiO2 ≥ 0.40 with oxygen required)."""
     f = effective_fio2(o2_device, o2_flow_lpm, fio2)
-    device = _as_code(o2_device)
+    device = as_code(o2_device)
     required = (device != enc.O2_NONE) | (f > 0.21)
     return device == enc.O2_MECHANICAL_VENTILATION, required, required & (f >= FIO2_HIGH)
 
@@ -119,8 +119,8 @@ def _grade(level, temp_c, fever_waived, death_cause):
     """Gate on CRS being present, floor fever at 1, death from CRS is 5."""
     febrile = fever(temp_c)
     level = jnp.asarray(level)
-    g = jnp.where(febrile, jnp.maximum(level, 1), jnp.where(_as_bool(fever_waived), level, 0))
-    return jnp.where(_as_code(death_cause) == enc.DEATH_CRS, 5, g).astype(jnp.int32)
+    g = jnp.where(febrile, jnp.maximum(level, 1), jnp.where(as_bool(fever_waived), level, 0))
+    return jnp.where(as_code(death_cause) == enc.DEATH_CRS, 5, g).astype(jnp.int32)
 
 
 def _organ_level_lee(creatinine_grade, transaminitis_grade, organ_toxicity_grade):
@@ -166,9 +166,9 @@ def crs_grade_lee2014(
     the diagnosis and management of cytokine release syndrome. *Blood*
     2014;124(2):188–195.
     """
-    n_press = jnp.asarray(vasopressors) + _as_bool(vasopressin).astype(jnp.int32)
+    n_press = jnp.asarray(vasopressors) + as_bool(vasopressin).astype(jnp.int32)
     high = high_dose_vasopressors(vasopressors, vasopressin, vasopressor_dose_ne) | (n_press >= 2)
-    hypo = jnp.where(high, 3, jnp.where((n_press >= 1) | _as_bool(hypotension), 2, 0))
+    hypo = jnp.where(high, 3, jnp.where((n_press >= 1) | as_bool(hypotension), 2, 0))
     level = jnp.maximum(hypo, _fio2_level(o2_device, o2_flow_lpm, fio2))
     level = jnp.maximum(
         level, _organ_level_lee(creatinine_grade, transaminitis_grade, organ_toxicity_grade)
@@ -210,12 +210,12 @@ def crs_grade_cartox(
     receptor T-cell therapy: assessment and management of toxicities.
     *Nat Rev Clin Oncol* 2018;15(1):47–62.
     """
-    n_press = jnp.asarray(vasopressors) + _as_bool(vasopressin).astype(jnp.int32)
+    n_press = jnp.asarray(vasopressors) + as_bool(vasopressin).astype(jnp.int32)
     high = high_dose_vasopressors(vasopressors, vasopressin, vasopressor_dose_ne)
     hypo = jnp.where(
-        high & _as_bool(hypotension),
+        high & as_bool(hypotension),
         4,
-        jnp.where(high | (n_press >= 2), 3, jnp.where((n_press >= 1) | _as_bool(hypotension), 2, 0)),
+        jnp.where(high | (n_press >= 2), 3, jnp.where((n_press >= 1) | as_bool(hypotension), 2, 0)),
     )
     level = jnp.maximum(hypo, _fio2_level(o2_device, o2_flow_lpm, fio2))
     level = jnp.maximum(
@@ -264,9 +264,9 @@ def crs_grade_penn(
     release syndrome associated with the CAR T cell therapy tisagenlecleucel.
     *J Hematol Oncol* 2018;11(1):35.
     """
-    n_press = jnp.asarray(vasopressors) + _as_bool(vasopressin).astype(jnp.int32)
+    n_press = jnp.asarray(vasopressors) + as_bool(vasopressin).astype(jnp.int32)
     high = high_dose_vasopressors(vasopressors, vasopressin, vasopressor_dose_ne)
-    hypo = jnp.where(high, 4, jnp.where(n_press >= 1, 3, jnp.where(_as_bool(hypotension), 2, 0)))
+    hypo = jnp.where(high, 4, jnp.where(n_press >= 1, 3, jnp.where(as_bool(hypotension), 2, 0)))
     vent, required, _ = _oxygen(o2_device, o2_flow_lpm, fio2)
     oxy = jnp.where(vent, 4, jnp.where(required, 3, 0))
     cr = jnp.asarray(creatinine_grade)
@@ -278,7 +278,7 @@ def crs_grade_penn(
     )
     organ = jnp.maximum(organ, jnp.where(org >= 2, org, 0))
     other = jnp.maximum(
-        jnp.where(_as_bool(iv_therapy), 2, 0), jnp.where(_as_bool(coagulopathy_treated), 3, 0)
+        jnp.where(as_bool(iv_therapy), 2, 0), jnp.where(as_bool(coagulopathy_treated), 3, 0)
     )
     level = jnp.maximum(jnp.maximum(hypo, oxy), jnp.maximum(organ, other))
     return _grade(level, temp_c, fever_waived, death_cause)
@@ -315,12 +315,12 @@ def crs_grade_mskcc(
     CD19 CAR therapy in acute lymphoblastic leukemia. *N Engl J Med*
     2018;378(5):449–459.
     """
-    n_press = jnp.asarray(vasopressors) + _as_bool(vasopressin).astype(jnp.int32)
+    n_press = jnp.asarray(vasopressors) + as_bool(vasopressin).astype(jnp.int32)
     high = high_dose_vasopressors(vasopressors, vasopressin, vasopressor_dose_ne)
-    hours = _missing_as_nan(vasopressor_hours)
+    hours = missing_as_nan(vasopressor_hours)
     long = hours >= MSKCC_PRESSOR_HOURS  # NaN -> False
     on = n_press >= 1
-    hypo = jnp.where(high & _as_bool(hypotension), 4, jnp.where(on & long, 3, jnp.where(on, 2, 0)))
+    hypo = jnp.where(high & as_bool(hypotension), 4, jnp.where(on & long, 3, jnp.where(on, 2, 0)))
     level = jnp.maximum(hypo, _fio2_level(o2_device, o2_flow_lpm, fio2))
     return _grade(level, temp_c, fever_waived, death_cause)
 
@@ -356,7 +356,7 @@ def crs_grade_ctcae5(
     """
     n = jnp.asarray(vasopressors)
     hypo = jnp.where(
-        n >= 2, 4, jnp.where((n >= 1) | _as_bool(vasopressin), 3, jnp.where(_as_bool(hypotension), 2, 0))
+        n >= 2, 4, jnp.where((n >= 1) | as_bool(vasopressin), 3, jnp.where(as_bool(hypotension), 2, 0))
     )
     level = jnp.maximum(hypo, _fio2_level(o2_device, o2_flow_lpm, fio2))
     return _grade(level, temp_c, fever_waived, death_cause)
@@ -364,16 +364,16 @@ def crs_grade_ctcae5(
 
 def _cognition_level(ice_score, age_years, capd_score):
     """ICE bands 7–9 → 1, 3–6 → 2, 0–2 → 3 (adults; NaN → 0); children < 12 y: CAPD ≥ 9 → 3."""
-    ice = _missing_as_nan(ice_score)
+    ice = missing_as_nan(ice_score)
     adult = jnp.where(
         jnp.isnan(ice), 0, jnp.where(ice >= 10, 0, jnp.where(ice >= 7, 1, jnp.where(ice >= 3, 2, 3)))
     )
-    child = jnp.where(_missing_as_nan(capd_score) >= 9, 3, 0)
+    child = jnp.where(missing_as_nan(capd_score) >= 9, 3, 0)
     return jnp.where(is_pediatric(age_years), child, adult)
 
 
 def _neuro_grade(level, death_cause):
-    return jnp.where(_as_code(death_cause) == enc.DEATH_ICANS, 5, level).astype(jnp.int32)
+    return jnp.where(as_code(death_cause) == enc.DEATH_ICANS, 5, level).astype(jnp.int32)
 
 
 @jax.jit
@@ -404,11 +404,11 @@ def neuro_grade_cartox(
     **References:** Neelapu SS, et al. *Nat Rev Clin Oncol* 2018;15(1):47–62.
     """
     level = _cognition_level(ice_score, age_years, capd_score)
-    level = jnp.maximum(level, jnp.where(_as_code(consciousness) >= enc.LOC_UNAROUSABLE, 4, 0))
-    level = jnp.maximum(level, jnp.asarray(np.array([0, 3, 4], np.int32))[_as_code(seizure)])
-    level = jnp.maximum(level, jnp.where(_as_bool(motor_weakness), 4, 0))
-    level = jnp.maximum(level, jnp.where(_as_code(cerebral_edema) >= enc.EDEMA_FOCAL, 4, 0))
-    level = jnp.maximum(level, jnp.where(_as_bool(raised_icp_signs), 4, 0))
+    level = jnp.maximum(level, jnp.where(as_code(consciousness) >= enc.LOC_UNAROUSABLE, 4, 0))
+    level = jnp.maximum(level, jnp.asarray(np.array([0, 3, 4], np.int32))[as_code(seizure)])
+    level = jnp.maximum(level, jnp.where(as_bool(motor_weakness), 4, 0))
+    level = jnp.maximum(level, jnp.where(as_code(cerebral_edema) >= enc.EDEMA_FOCAL, 4, 0))
+    level = jnp.maximum(level, jnp.where(as_bool(raised_icp_signs), 4, 0))
     return _neuro_grade(level, death_cause)
 
 
@@ -444,11 +444,11 @@ def neuro_grade_ctcae(
     **References:** National Cancer Institute. CTCAE v5.0, 2017.
     """
     level = _cognition_level(ice_score, age_years, capd_score)
-    level = jnp.maximum(level, jnp.clip(_as_code(consciousness), 0, 4))
-    level = jnp.maximum(level, jnp.asarray(np.array([0, 3, 4], np.int32))[_as_code(seizure)])
-    level = jnp.maximum(level, jnp.where(_as_bool(motor_weakness), 3, 0))
-    level = jnp.maximum(level, jnp.where(_as_code(cerebral_edema) >= enc.EDEMA_FOCAL, 4, 0))
-    level = jnp.maximum(level, jnp.where(_as_bool(raised_icp_signs), 4, 0))
+    level = jnp.maximum(level, jnp.clip(as_code(consciousness), 0, 4))
+    level = jnp.maximum(level, jnp.asarray(np.array([0, 3, 4], np.int32))[as_code(seizure)])
+    level = jnp.maximum(level, jnp.where(as_bool(motor_weakness), 3, 0))
+    level = jnp.maximum(level, jnp.where(as_code(cerebral_edema) >= enc.EDEMA_FOCAL, 4, 0))
+    level = jnp.maximum(level, jnp.where(as_bool(raised_icp_signs), 4, 0))
     level = jnp.maximum(level, jnp.clip(jnp.asarray(tremor_grade), 0, 3))
     level = jnp.maximum(level, jnp.clip(jnp.asarray(headache_grade), 0, 3))
     return _neuro_grade(level, death_cause)

@@ -3,7 +3,7 @@
 The observation table is specified in the shared contract (one row per
 patient per assessment, grouped by `patient_id`, time-sorted). This module is
 the pandas boundary: it checks every column, turns strings into the integer
-codes of `vpop.grading.encoding`, runs the row-level `jax.numpy` grading
+codes of `vpop.observation.encoding`, runs the row-level `jax.numpy` grading
 functions on whole columns at once, and computes per-patient episodes with
 `vpop.grading.episodes`.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import DataError, UserError
-from vpop.grading import encoding as enc
+from vpop.observation import encoding as enc
 from vpop.grading.astct import crs_fever_waiver, crs_grade_astct
 from vpop.grading.episodes import GRADES, episode_summary
 from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES, SCALE_ALIASES

@@ -248,7 +248,7 @@ def cohort_subsection(page: Page, src: SimulationSource, ok: pd.DataFrame, days:
 def grades_subsection(page: Page, ok: pd.DataFrame, scales: dict[str, list[str]]) -> None:
     page.heading("Grade distributions by scale", 3)
     if {"tocilizumab_doses", "steroids_given", "death_cause"} <= set(ok.columns):
-        from vpop.cohort import cohort_summary
+        from vpop.run.cohort import cohort_summary
 
         summ = cohort_summary(ok)
         page.table(pd.DataFrame({

@@ -1,0 +1,285 @@
+"""One patient's biology: the right-hand side of the CRS/ICANS model.
+
+The model is written for a single patient; cohorts `vmap` over it. Every
+equation is in production-loss form,
+
+    dy/dt = P(t, y) - D(t, y) * y,    P >= 0, D >= 0,
+
+where P is a non-negative production (synthesis, release, influx, dosing
+absorption) and D a non-negative first-order loss rate (clearance,
+elimination, decay, consumption). This form is natural for turnover models,
+keeps every state non-negative, and exposes the stiff part of the system:
+the fast cytokine clearances (half-lives of minutes) live in D, so the
+exponential integrator in `vpop.solver.etdrk` treats them exactly while the slow
+CAR-T dynamics (days) set the step. `rhs` gives the ordinary f(t, y) for
+reference solvers (diffrax, scipy).
+
+`p` is a dict of scalars: the parameter table (`vpop.model.parameters`) plus the
+patient's covariates and sensitivities (`vpop.population.sampler`). docs/model.md
+writes out every equation.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+STATE_NAMES: tuple[str, ...] = (
+    "car_effector",  # CAR-T effector cells, cells/uL blood
+    "car_memory",  # CAR-T memory cells, cells/uL
+    "antigen",  # antigen-bearing tumour burden, antigen units (1 = median)
+    "myeloid",  # activated fraction of monocytes/macrophages, 0-1
+    "ifng",  # pg/mL
+    "gmcsf",  # pg/mL
+    "tnf",  # pg/mL
+    "il1",  # IL-1beta, pg/mL
+    "il1ra",  # endogenous IL-1Ra, pg/mL
+    "il6",  # free serum IL-6, pg/mL
+    "il10",  # pg/mL
+    "endothelium",  # endothelial activation, 0-1
+    "ang2",  # ng/mL
+    "vwf",  # IU/dL
+    "leak",  # capillary leak (plasma displaced), units of 1 = severe
+    "crp",  # mg/L
+    "ferritin",  # ng/mL
+    "fibrinogen",  # g/L
+    "ddimer",  # mg/L FEU
+    "platelets",  # 1e9/L
+    "qalb",  # CSF/serum albumin ratio, x1e-3
+    "csf_il6",  # CNS (CSF) IL-6, pg/mL
+    "glia",  # activation of CNS myeloid/glial cells, 0-1
+    "neuro",  # neuronal dysfunction (excitotoxicity), neuro units
+    "nfl",  # serum neurofilament light, pg/mL
+    "hypoperfusion",  # cumulative MAP deficit below 65 mmHg, mmHg*d/10
+    "shock",  # cumulative refractory-shock burden, mmHg*d/10
+    "toci",  # tocilizumab amount, mg
+    "dex_depot",  # oral dexamethasone depot, mg
+    "dex_central",  # mg
+    "dex_peripheral",  # mg
+    "anakinra",  # mg
+)
+N_STATES = len(STATE_NAMES)
+IDX = {name: i for i, name in enumerate(STATE_NAMES)}
+
+# Basal stimulus of resting monocytes, so the myeloid state starts near 2 %.
+_BASAL_MYELOID_STIMULUS = 0.02
+
+
+def _relu(x):
+    return jnp.maximum(x, 0.0)
+
+
+def drug_levels(y, p):
+    """Drug concentrations and their effects, from the drug states."""
+    toci_ugml = y[IDX["toci"]] / p["toci_volume"]
+    toci_block = toci_ugml / (toci_ugml + p["toci_ic50"])
+    dex_ngml = 1000.0 * y[IDX["dex_central"]] / p["dex_central_volume"]
+    dex_inh = p["dex_emax"] * dex_ngml / (dex_ngml + p["dex_ic50"])
+    anakinra_pgml = 1e6 * y[IDX["anakinra"]] / p["anakinra_volume"]
+    return toci_ugml, toci_block, dex_ngml, dex_inh, anakinra_pgml
+
+
+def signals(y, p):
+    """Algebraic quantities shared by the equations and the read-outs."""
+    s = {name: y[i] for name, i in IDX.items()}
+    toci_ugml, toci_block, dex_ngml, dex_inh, anakinra_pgml = drug_levels(y, p)
+    il6_signal = s["il6"] * (1.0 - toci_block)  # IL-6 reaching unblocked receptors
+    il1_signal = s["il1"] / (1.0 + (s["il1ra"] + anakinra_pgml) / p["il1ra_block_k"])
+    hepatic_il6 = il6_signal / (il6_signal + p["il6_signal_ec50"])
+    vasoplegia = (s["tnf"] / p["endo_ec_tnf"] + il1_signal / p["endo_ec_il1"])
+    vasoplegia = vasoplegia / (1.0 + vasoplegia)
+    map_mmhg = p["map_baseline"] - p["map_per_leak"] * s["leak"] - p["map_per_vasoplegia"] * vasoplegia
+    fio2_need = 0.21 + p["fio2_per_leak"] * _relu(p["lung_sensitivity"] * s["leak"] - p["leak_hypoxia_threshold"])
+    pyrogen = (
+        il6_signal / p["fever_ec_il6"] + il1_signal / p["fever_ec_il1"] + s["tnf"] / p["fever_ec_tnf"]
+    )
+    fever_rise = p["fever_max_rise"] * pyrogen / (pyrogen + p["fever_drive_ec50"])
+    # Serum factors cross into the CNS in proportion to barrier permeability.
+    barrier = p["csf_il6_partition"] * s["qalb"] / p["qalb0"]
+    il1_cns = s["il1"] * barrier / (
+        1.0 + (s["il1ra"] * barrier + anakinra_pgml * p["anakinra_cns_fraction"]) / p["il1ra_block_k"]
+    )
+    return dict(
+        s=s,
+        toci_ugml=toci_ugml,
+        toci_block=toci_block,
+        dex_ngml=dex_ngml,
+        dex_inh=dex_inh,
+        anakinra_pgml=anakinra_pgml,
+        il6_signal=il6_signal,
+        il1_signal=il1_signal,
+        hepatic_il6=hepatic_il6,
+        map_mmhg=map_mmhg,
+        fio2_need=fio2_need,
+        fever_rise=fever_rise,
+        barrier=barrier,
+        il1_cns=il1_cns,
+    )
+
+
+def production_loss(t, y, p):
+    """Production P(t, y) >= 0 and loss rate D(t, y) >= 0 of every state."""
+    g = signals(y, p)
+    s = g["s"]
+    dex_inh = g["dex_inh"]
+    secretion = 1.0 - dex_inh  # steroids suppress cytokine secretion and activation
+
+    # CAR-T: antigen-driven logistic expansion, contraction, memory.
+    stim = s["antigen"] / (s["antigen"] + p["car_antigen_ec50"])
+    total_car = s["car_effector"] + s["car_memory"]
+    # Antigen-driven plus homeostatic proliferation; the latter is fuelled by
+    # lymphodepletion (IL-7/IL-15) and fades as lymphocytes return.
+    homeostatic = p["car_homeostatic_prolif"] * p["ld_intensity"] * jnp.exp(-t / p["ld_cytokine_decay"])
+    prolif = (p["car_prolif_max"] * stim + homeostatic) * p["car_prolif_factor"]
+    engaged = s["car_effector"] * stim  # antigen-engaged effectors, cells/uL
+    P_eff = prolif * s["car_effector"] + p["car_memory_reactivation"] * stim * s["car_memory"]
+    D_eff = p["car_contraction"] + p["car_to_memory"] + prolif * total_car / p["car_capacity"]
+    P_mem = p["car_to_memory"] * s["car_effector"]
+    D_mem = p["car_memory_decline"] + p["car_memory_reactivation"] * stim
+    P_ag = p["tumor_growth"] * s["antigen"]
+    D_ag = p["tumor_kill_max"] * s["car_effector"] / (s["car_effector"] + p["tumor_kill_ec50"])
+
+    # Monocyte/macrophage amplification loop, damped by IL-10 and steroids.
+    myeloid_stimulus = (
+        s["ifng"] / p["myeloid_ec_ifng"]
+        + s["gmcsf"] / p["myeloid_ec_gmcsf"]
+        + s["tnf"] / p["myeloid_ec_tnf"]
+        + g["il1_signal"] / p["myeloid_ec_il1"]
+        + engaged / p["myeloid_ec_contact"]
+    )
+    myeloid_stimulus = (
+        _BASAL_MYELOID_STIMULUS
+        + p["myeloid_sensitivity"] * myeloid_stimulus * secretion / (1.0 + s["il10"] / p["il10_inhibition_ic50"])
+    )
+    act = p["myeloid_activation_rate"] * myeloid_stimulus
+    P_my = act
+    D_my = act + p["myeloid_deactivation"]
+    m = s["myeloid"]
+    m2 = m * m
+    cyto = p["cytokine_sensitivity"] * secretion
+
+    P_ifng = cyto * p["ifng_per_car"] * engaged
+    P_gm = cyto * p["gmcsf_per_car"] * engaged
+    P_tnf = cyto * (p["tnf_per_myeloid"] * m + p["tnf_per_car"] * engaged)
+    P_il1 = cyto * p["il1_per_myeloid"] * m
+    P_il1ra = p["il1ra_clearance"] * p["il1ra_basal"] + cyto * p["il1ra_per_myeloid"] * m
+    P_il6 = (
+        (p["il6_clearance_linear"] + p["il6_clearance_receptor"]) * p["il6_basal"]
+        + cyto * (p["il6_per_myeloid"] * m2 + p["il6_per_endothelium"] * s["endothelium"] + p["il6_per_car"] * engaged)
+    )
+    D_il6 = p["il6_clearance_linear"] + p["il6_clearance_receptor"] * (1.0 - g["toci_block"])
+    P_il10 = cyto * (p["il10_per_myeloid"] * m + p["il10_per_car"] * engaged)
+
+    # Endothelial activation with the Ang-2 feed-forward loop.
+    ang2_excess = _relu(s["ang2"] - 2.0)
+    endo_stimulus = (
+        s["tnf"] / p["endo_ec_tnf"]
+        + g["il1_signal"] / p["endo_ec_il1"]
+        + g["il6_signal"] / p["endo_ec_il6"]
+        + s["ifng"] / p["endo_ec_ifng"]
+    )
+    endo_stimulus = (
+        p["endothelial_sensitivity"] * endo_stimulus * (1.0 + p["ang2_feedforward"] * ang2_excess) * (1.0 - 0.5 * dex_inh)
+    )
+    e_act = p["endo_activation_rate"] * endo_stimulus
+    P_endo = e_act
+    D_endo = e_act + p["endo_recovery"]
+    e = s["endothelium"]
+    e2 = e * e
+    P_ang2 = p["ang2_clearance"] * (p["ang2_0"] + p["ang2_release"] * e)
+    P_vwf = p["vwf_clearance"] * (p["vwf_0"] + p["vwf_release"] * e)
+    P_leak = p["leak_rate"] * e2
+
+    # Acute phase and coagulation.
+    P_crp = p["crp_clearance"] * (p["crp0"] + p["crp_max"] * g["hepatic_il6"])
+    P_fer = p["ferritin_clearance"] * (p["ferritin0"] + p["ferritin_per_myeloid"] * m2)
+    consumption = p["fibrinogen_consumption"] * e2 * e
+    P_fib = p["fibrinogen_turnover"] * p["fibrinogen0"] * (1.0 + p["fibrinogen_il6_gain"] * g["hepatic_il6"])
+    D_fib = p["fibrinogen_turnover"] + consumption
+    P_dd = p["ddimer_clearance"] * p["ddimer_basal"] + p["ddimer_per_fibrin"] * consumption * s["fibrinogen"]
+    marrow = 1.0 - p["ld_marrow_suppression"] * p["ld_intensity"] * jnp.exp(-t / p["marrow_recovery_time"])
+    P_plt = marrow * p["platelets0"] / p["platelet_lifespan"]
+    D_plt = 1.0 / p["platelet_lifespan"] + p["platelet_consumption"] * e2
+
+    # Blood-brain barrier, CNS inflammation, neuronal injury.
+    bbb_drive = p["bbb_sensitivity"] * p["bbb_gain"] * e2 * (1.0 + s["glia"]) * (1.0 - 0.5 * dex_inh)
+    P_q = p["qalb_relaxation"] * p["qalb0"] * (1.0 + bbb_drive)
+    barrier = g["barrier"]
+    P_csf = p["csf_turnover"] * (barrier * s["il6"] + p["glia_il6"] * s["glia"])
+    glia_stimulus = (
+        s["csf_il6"] / p["glia_ec_csf_il6"]
+        + barrier * s["gmcsf"] / p["glia_ec_gmcsf"]
+        + g["il1_cns"] / p["glia_ec_il1"]
+        + barrier * s["car_effector"] / p["glia_ec_car"]
+    )
+    glia_act = p["glia_activation_rate"] * p["cns_sensitivity"] * glia_stimulus * (1.0 - dex_inh)
+    P_glia = glia_act
+    D_glia = glia_act + p["glia_deactivation"]
+    vulnerability = p["neuro_sensitivity"] * (p["nfl0"] / 12.0) ** p["nfl_vulnerability_exponent"]
+    P_neuro = p["neuro_injury_rate"] * vulnerability * s["glia"] ** 2
+    P_nfl = p["nfl_clearance"] * p["nfl0"] + p["nfl_release"] * s["neuro"]
+
+    # Organ injury accumulators (no loss).
+    P_hypo = _relu(p["map_perfusion_threshold"] - g["map_mmhg"]) / 10.0
+    P_shock = _relu(p["map_death_threshold"] - g["map_mmhg"]) / 10.0 + 10.0 * _relu(g["fio2_need"] - p["fio2_death"])
+
+    # Drugs.
+    toci_conc = g["toci_ugml"]
+    D_toci = p["toci_clearance"] / p["toci_volume"] + p["toci_vmax"] / (p["toci_volume"] * (p["toci_km"] + toci_conc))
+    k_q_c = p["dex_intercompartmental"] / p["dex_central_volume"]
+    k_q_p = p["dex_intercompartmental"] / p["dex_peripheral_volume"]
+    P_dex_c = p["dex_absorption"] * s["dex_depot"] + k_q_p * s["dex_peripheral"]
+    D_dex_c = p["dex_clearance"] / p["dex_central_volume"] + k_q_c
+    P_dex_p = k_q_c * s["dex_central"]
+    D_ana = p["anakinra_clearance"] / p["anakinra_volume"]
+
+    zero = jnp.zeros_like(m)
+    one = jnp.ones_like(m)
+    P = jnp.stack([
+        P_eff, P_mem, P_ag, P_my, P_ifng, P_gm, P_tnf, P_il1, P_il1ra, P_il6, P_il10,
+        P_endo, P_ang2, P_vwf, P_leak, P_crp, P_fer, P_fib, P_dd, P_plt,
+        P_q, P_csf, P_glia, P_neuro, P_nfl, P_hypo, P_shock,
+        zero, zero, P_dex_c, P_dex_p, zero,
+    ])
+    D = jnp.stack([
+        D_eff, D_mem, D_ag, D_my, p["ifng_clearance"] * one, p["gmcsf_clearance"] * one,
+        p["tnf_clearance"] * one, p["il1_clearance"] * one, p["il1ra_clearance"] * one, D_il6,
+        p["il10_clearance"] * one, D_endo, p["ang2_clearance"] * one, p["vwf_clearance"] * one,
+        p["leak_return"] * one, p["crp_clearance"] * one, p["ferritin_clearance"] * one, D_fib,
+        p["ddimer_clearance"] * one, D_plt, p["qalb_relaxation"] * one, p["csf_turnover"] * one,
+        D_glia, p["neuro_recovery"] * one, p["nfl_clearance"] * one, zero, zero,
+        D_toci, p["dex_absorption"] * one, D_dex_c, k_q_p * one, D_ana,
+    ])
+    return P, D
+
+
+def rhs(t, y, p):
+    """dy/dt for one patient (for reference solvers and gradients)."""
+    P, D = production_loss(t, y, p)
+    return P - D * y
+
+
+def initial_state(p):
+    """State at CAR-T infusion (day 0), after lymphodepletion."""
+    car0 = p["car_dose_per_kg"] * p["car_blood_fraction"] / 7.0e4  # 70 mL blood per kg = 7e4 uL/kg
+    basal_myeloid = p["myeloid_activation_rate"] * _BASAL_MYELOID_STIMULUS
+    m0 = basal_myeloid / (basal_myeloid + p["myeloid_deactivation"])
+    y0 = {
+        "car_effector": car0,
+        "antigen": p["tumor_burden"],
+        "myeloid": m0,
+        "il1ra": p["il1ra_basal"],
+        "il6": p["il6_basal"],
+        "ang2": p["ang2_0"],
+        "vwf": p["vwf_0"],
+        "crp": p["crp0"],
+        "ferritin": p["ferritin0"],
+        "fibrinogen": p["fibrinogen0"],
+        "ddimer": p["ddimer_basal"],
+        "platelets": p["platelets0"],
+        "qalb": p["qalb0"],
+        "csf_il6": p["csf_il6_partition"] * p["il6_basal"],
+        "nfl": p["nfl0"],
+    }
+    ref = jnp.asarray(p["tumor_burden"])
+    return jnp.stack([jnp.asarray(y0.get(name, 0.0), dtype=ref.dtype) * jnp.ones_like(ref) for name in STATE_NAMES])

@@ -1,0 +1,1 @@
+"""Who the virtual patients are: covariates, between-patient variability, user patient tables."""

@@ -1,0 +1,1 @@
+"""Time integration of the production-loss model (exponential Runge-Kutta)."""
