@@ -24,6 +24,7 @@ jax.config.update("jax_enable_x64", True)
 from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer, synthetic  # noqa: E402
 from vpop.fitting import model as fm  # noqa: E402
+from vpop.fitting import statistical_model as sm
 
 FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")
 TRUTH = {"car_prolif_max": 1.2, "il6_per_myeloid": 50000.0, "crp_max": 250.0}
@@ -83,7 +84,7 @@ def gradient_ms(problem, parameterisation, repeats: int = 10) -> float:
     """Milliseconds per value-and-gradient of the log density (after compiling), at the prior centre."""
     from numpyro.infer.util import initialize_model
 
-    info = initialize_model(jax.random.PRNGKey(0), fm.numpyro_model, model_args=(problem,),
+    info = initialize_model(jax.random.PRNGKey(0), sm.numpyro_model, model_args=(problem,),
                             model_kwargs={"parameterisation": parameterisation})
     vg = jax.jit(jax.value_and_grad(info.potential_fn))
     x = info.param_info.z

@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer, synthetic  # noqa: E402
 from vpop.fitting import model as fm  # noqa: E402
+from vpop.fitting import statistical_model as sm
 
 TRUTH = {"car_prolif_max": 1.3, "crp_max": 250.0, "il6_per_myeloid": 40000.0}  # config: 1.0, 350, 68830
 OMEGA = {"car_prolif_max": 0.15, "crp_max": 0.2, "il6_per_myeloid": 0.3}
@@ -99,7 +100,7 @@ def main(argv=None):
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--draws", type=int, default=200, help="NUTS draws per chain (SVI: draws x chains from the guide)")
-    ap.add_argument("--parameterisation", choices=fm.PARAMETERISATIONS, default="centred")
+    ap.add_argument("--parameterisation", choices=sm.PARAMETERISATIONS, default="centred")
     ap.add_argument("--steps", type=int, default=1000, help="SVI steps")
     ap.add_argument("--lr", type=float, default=0.03, help="SVI learning rate")
     ap.add_argument("--guide", choices=infer.GUIDES, default="mvn", help="SVI guide")

@@ -11,6 +11,7 @@ import pytest
 from vpop.fitting import cohort_tables as ct
 from vpop.fitting import infer, synthetic
 from vpop.fitting import model as fm
+from vpop.fitting import statistical_model as sm
 
 FREE = ("car_prolif_max", "crp_max")
 TRUTH = {"car_prolif_max": 1.2, "crp_max": 250.0}  # reference (config) values: 1.0 and 350
@@ -64,7 +65,7 @@ def test_censoring_changes_the_estimate(default_config):
     y, cens, mask = problem.obs_logv, problem.obs_cens, problem.obs_mask
     sd = 0.2
     obs_ll = -0.5 * ((y - mu) / sd) ** 2
-    cen_ll = np.asarray(fm.censored_normal_loglik(jnp.asarray(y), jnp.asarray(mu), sd))
+    cen_ll = np.asarray(sm.censored_normal_loglik(jnp.asarray(y), jnp.asarray(mu), sd))
     right = np.sum(np.where(mask & ~cens, obs_ll, 0.0) + np.where(mask & cens, cen_ll, 0.0), axis=(1, 2))
     naive = np.sum(np.where(mask, obs_ll, 0.0), axis=(1, 2))
     est_right = np.exp(grid[np.argmax(right)] + problem.log_ref[0])

@@ -20,7 +20,8 @@ import pandas as pd
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 
-from vpop.fitting.model import FitProblem, numpyro_model, population_model
+from vpop.fitting.model import FitProblem
+from vpop.fitting.statistical_model import numpyro_model, population_model
 
 RHAT_MAX = 1.01
 ESS_MIN_PER_CHAIN = 100
