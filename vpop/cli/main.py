@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vpop.cli import trials as trial_cli
     from vpop.cli import population as population_cli
     from vpop.cli import report as report_cli
+    from vpop.cli import presets as presets_cli
     parser = argparse.ArgumentParser(
         prog="vpop",
         description="Virtual patient cohorts for CAR T-cell toxicities (CRS, ICANS).",
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial_cli.register(subparsers)
     population_cli.register(subparsers)
     report_cli.register(subparsers)
+    presets_cli.register(subparsers)
     return parser
 
 

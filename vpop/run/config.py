@@ -2,10 +2,17 @@
 
 A config may `extends:` another file (path relative to itself, or the name
 of a shipped config such as `axicel.yaml`); mappings merge key by key, the
-extending file winning. Every key is checked: an unknown key is an error that
-names it and lists the allowed ones; a bad value names the field, the value
-and what is allowed. Errors are `ConfigError` (exit status 2 on the command
-line).
+extending file winning. `load_config("axicel")` (and `vpop simulate axicel`)
+takes a shipped preset by name from any folder. Every key is checked: an
+unknown key is an error that names it and lists the allowed ones; a bad value
+names the field, the value and what is allowed; a key given twice in one
+mapping is an error (YAML would silently keep the last). Model parameters
+must be physically possible (non-negative; fractions at most 1) and inside
+the parameter table's plausible range unless the config says
+`allow_outside_range: true` (then each one outside is warned about).
+Covariate distributions may not reach physically impossible values (negative
+weight, age, tumour burden or laboratory value). Errors are `ConfigError`
+(exit status 2 on the command line).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -35,6 +43,33 @@ def shipped_config_dir():
 
 def shipped_config(name: str) -> Path:
     return Path(str(shipped_config_dir() / name))
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped configs (`axicel`, `default`, ...), sorted."""
+    return sorted(p.name[:-5] for p in shipped_config_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    """A config file: the path itself when it is a file, else the shipped preset of that name.
+
+    `axicel` and `axicel.yaml` name the shipped preset whatever the working
+    folder; a file of that name in the working folder wins. Anything else that
+    is not a file is a ConfigError listing the presets.
+    """
+    if path is None:
+        return shipped_config("default.yaml")
+    path = Path(path)
+    if path.is_file():
+        return path
+    text = str(path)
+    if "/" not in text and "\\" not in text:
+        stem = text[:-5] if text.endswith(".yaml") else text[:-4] if text.endswith(".yml") else text
+        candidate = shipped_config(stem + ".yaml")
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{path}: config file not found; give a path to a config YAML or the name of a shipped "
+                      f"preset: {', '.join(preset_names())} (`vpop presets` describes them)")
 
 
 # --- value checkers: each returns the clean value or raises ValueError(allowed)
@@ -92,6 +127,54 @@ def _num_list(v):
     return [float(x) for x in v]
 
 
+def _plain(v) -> str:
+    """A number as a person writes it: 2, 0.5, 2000000 (never np.float64(2.0) or 2e+06)."""
+    v = float(v)
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
+
+
+# --- physical limits ------------------------------------------------------------
+
+# Covariate values that are physically possible. A marginal's center, low and
+# high must lie inside them; patients are clipped to [low, high], so no patient
+# can leave them.
+COVARIATE_LIMITS: dict[str, tuple[float, float]] = {
+    "age_years": (0.0, 120.0),
+    "weight_kg": (0.5, 400.0),
+    "tumor_burden": (0.0, math.inf),
+    "ldh": (0.0, math.inf),
+    "platelets0": (0.0, math.inf),
+    "crp0": (0.0, math.inf),
+    "ferritin0": (0.0, math.inf),
+    "creatinine": (0.0, math.inf),
+    "ang2_0": (0.0, math.inf),
+    "nfl0": (0.0, math.inf),
+}
+
+
+def is_fraction(name: str) -> bool:
+    """Parameters that are fractions or probabilities (at most 1 by definition), besides being >= 0."""
+    unit = TABLE[name].unit
+    return unit in ("fraction", "FiO2") or name.endswith(("_fraction", "_bioavailability", "_emax"))
+
+
+def check_parameter_ranges(params: dict[str, float], where: str, allow: bool, source: str) -> None:
+    """Refuse (or, with allow_outside_range, warn about) values outside the parameter table's plausible range."""
+    for name, v in params.items():
+        spec = TABLE[name]
+        if spec.low <= v <= spec.high:
+            continue
+        text = (f"{source}: {where}.{name}: {_plain(v)} is outside the plausible range {_plain(spec.low)} to "
+                f"{_plain(spec.high)} {spec.unit} of the parameter table (docs/model.md)")
+        if not allow:
+            raise ConfigError(text + "; set `allow_outside_range: true` at the top of the config to use it anyway")
+        warnings.warn(text + " (allowed by allow_outside_range: true)", OutsideRangeWarning, stacklevel=3)
+
+
+class OutsideRangeWarning(UserWarning):
+    """A model parameter outside its plausible range, allowed by `allow_outside_range: true`."""
+
+
 # --- schema ------------------------------------------------------------------
 
 _POLICY_FIELDS = {f.name: f for f in fields(PolicySettings)}
@@ -100,6 +183,8 @@ SCHEMA: dict[str, Any] = {
     "name": _str(),
     "description": _str(),
     "extends": _str(),
+    "trial": _str(),  # the published cohort the config is modelled on (vpop/data/published_cohorts.csv)
+    "allow_outside_range": _bool,  # model parameters outside the table's plausible range: warn, not refuse
     "cohort": {"n": _int(1), "seed": _int(0), "batch_size": _int(1)},
     "schedule": {"days": _num(0.25, 365.0), "assessment_hours": _num(0.5, 24.0)},
     "solver": {
@@ -190,7 +275,8 @@ class Checker:
         for name, v in value.items():
             if name not in TABLE:
                 self.fail(f"{path}.{name}", "unknown model parameter (the names are listed in docs/model.md)")
-            out[name] = self.value(v, _num(0.0), f"{path}.{name}")
+            # physically possible values only; the plausible range is checked once the whole config is known
+            out[name] = self.value(v, _num(0.0, 1.0 if is_fraction(name) else None), f"{path}.{name}")
         return out
 
     def covariates(self, value, path):
@@ -201,6 +287,11 @@ class Checker:
             if name not in COVARIATES:
                 self.fail(f"{path}.{name}", f"unknown covariate; allowed: {', '.join(COVARIATES)}")
             m = self.mapping(spec, _MARGINAL, f"{path}.{name}")
+            lo, hi = COVARIATE_LIMITS[name]
+            for key in ("center", "low", "high"):
+                if key in m and not lo <= m[key] <= hi:
+                    self.fail(f"{path}.{name}.{key}", f"got {_plain(m[key])}; allowed: a value from {_plain(lo)} to "
+                              f"{_plain(hi)} (the covariate is clipped to [low, high], so these bound every patient)")
             out[name] = m
         return out
 
@@ -267,8 +358,34 @@ class Checker:
         return value
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (PyYAML would keep the last one silently)."""
+
+    def __init__(self, key, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first given at line {first_line}); "
+                         "each key may appear once in a mapping")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 2e6 and 2.0e6 as floats (YAML 1.2 style)."""
+    """SafeLoader that refuses duplicate keys and also reads 2e6 and 2.0e6 as floats (YAML 1.2 style)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise DuplicateKeyError(key, line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -293,6 +410,8 @@ def load_yaml_file(path, what: str = "config"):
         raise ConfigError(f"{path}: {what} file not found")
     try:
         return load_yaml(path.read_text())
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
@@ -348,6 +467,7 @@ class SimulationConfig:
     product: dict
     parameters: dict[str, float]
     policy: PolicySettings
+    trial: str | None = None  # the published cohort the config is modelled on (vpop.data.trial_scales)
     raw: dict = field(repr=False, default_factory=dict)
 
     def resolved_dict(self) -> dict:
@@ -417,6 +537,22 @@ def config_from_dict(data: dict, source: str = "<config>") -> SimulationConfig:
             out[(a, b)] = r
         return out
 
+    allow = clean.get("allow_outside_range", False)
+    check_parameter_ranges(product.get("parameters", {}), "product.parameters", allow, source)
+    check_parameter_ranges(clean.get("parameters", {}), "parameters", allow, source)
+    if "trial" in clean:
+        from vpop.data import cohort_names
+
+        if clean["trial"] not in cohort_names():
+            checker.fail("trial", f"got {clean['trial']!r}; allowed: a cohort of the published-cohort table "
+                         f"(vpop/data/published_cohorts.csv): {', '.join(cohort_names())}")
+    if "patients_file" in pop and Path(source).is_file():
+        table = Path(pop["patients_file"])
+        table = table if table.is_absolute() else Path(source).parent / table
+        if not table.is_file():
+            checker.fail("population.patients_file", f"{table}: patient table not found (a path relative to "
+                         "the config's folder, or absolute)")
+
     variability = pop.get("variability", {})
     spec = PopulationSpec(
         marginals={n: Marginal(**covs[n]) for n in COVARIATES},
@@ -467,12 +603,13 @@ def config_from_dict(data: dict, source: str = "<config>") -> SimulationConfig:
         product=product,
         parameters=clean.get("parameters", {}),
         policy=policy,
+        trial=clean.get("trial"),
         raw=clean,
     )
 
 
 def load_config(path: str | Path | None = None) -> SimulationConfig:
-    """Load and validate a config file (default: the shipped default.yaml)."""
-    path = shipped_config("default.yaml") if path is None else Path(path)
+    """Load and validate a config file or shipped preset by name (default: the shipped default.yaml)."""
+    path = resolve_config_path(path)
     data = _read_yaml(path)
     return config_from_dict(data, str(path))
