@@ -10,7 +10,9 @@ from vpop.errors import DataError
 from vpop.fitting.cohort_tables import read_cohort_table
 from vpop.fitting.data import read_patient_data
 
-COHORTS = "/work/shared/data/published_cohorts.csv"
+from vpop.data import published_cohorts_path
+
+COHORTS = str(published_cohorts_path())  # shipped with the package
 
 GOOD = """ID,TIME,EVID,DVID,DV,AMT,MDV,LLOQ,BLQ,CRS_GRADE,tumor_burden
 1,0.5,0,IL6,12.0,0,0,2.0,0,2,1.5
@@ -106,3 +108,43 @@ def test_cli_bad_data_exit_2(tmp_path, capsys):
     assert main(["fit", str(p), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "row 5, column DV" in err and not (tmp_path / "o").exists()
+
+
+# --- checks that used to pass silently -----------------------------------------------------
+
+
+def test_blq_flag_with_dv_above_its_lloq_is_refused_naming_the_row(tmp_path, capsys):
+    from vpop.cli import main
+
+    # row 2 says "below the limit" but DV 50 is far above LLOQ 10: it used to be censored silently at 10
+    path = _write(tmp_path, "ID,TIME,DVID,DV,LLOQ,BLQ\n1,0.5,il6,12,10,0\n1,1.0,il6,50,10,1\n")
+    with pytest.raises(DataError) as err:
+        read_patient_data(path)
+    msg = str(err.value)
+    assert "row 2, column BLQ" in msg and "DV 50 is above its LLOQ 10" in msg
+    # a flagged row at (or without a value above) its limit is still censored
+    ok = read_patient_data(_write(tmp_path, "ID,TIME,DVID,DV,LLOQ,CENS\n1,1.0,il6,10,10,1\n1,2,il6,,10,1\n", "ok.csv"))
+    assert ok.obs_censored[0].tolist() == [True, True] and ok.obs_value[0].tolist() == [10.0, 10.0]
+    out = tmp_path / "fit"
+    assert main(["fit", str(path), "--out", str(out), "--quiet"]) == 2
+    err_text = capsys.readouterr().err
+    assert "row 2, column BLQ" in err_text and "Traceback" not in err_text and not out.exists()
+
+
+def test_header_only_file_is_refused(tmp_path):
+    with pytest.raises(DataError, match="no data rows"):
+        read_patient_data(_write(tmp_path, "ID,TIME,DVID,DV,LLOQ,BLQ\n"))
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("ID,TIME,DVID,DV\n1,-1,il6,5\n", "row 1, column TIME: got -1;"),
+    ("ID,TIME,DVID,DV,EVID,AMT\n1,0,il6,5,0,0\n1,1,toci,,1,-2.5\n", "row 2, column AMT: got -2.5;"),
+    ("ID,TIME,DVID,DV\n1,0,il6,5\n2,0,il6,5\n1,1,il6,5\n", "patient 1 appears again"),
+    ("ID,TIME,DVID,DV\n7,0,il6,5\n7,1,il6,-3\n", "negative concentration -3"),
+    ("ID,TIME,DVID,DV,tumor_burden\n3,0,il6,5,1\n3,1,il6,5,2\n", "within patient 3;"),
+])
+def test_messages_print_plain_numbers_not_numpy_reprs(tmp_path, needle, text):
+    with pytest.raises(DataError) as err:
+        read_patient_data(_write(tmp_path, text))
+    assert needle in str(err.value)
+    assert "np." not in str(err.value) and "float64" not in str(err.value) and "int64" not in str(err.value)

@@ -150,3 +150,13 @@ def test_optional_columns_absent_use_defaults(tmp_path):
     assert g["crs_grade_astct"].tolist() == [4, 0]
     assert g["crs_grade_lee2014"].tolist() == [3, 0]  # CPAP at default FiO2 0.5
     assert g["icans_grade_astct"].tolist() == [0, 4]
+
+
+def test_header_only_table_is_refused_and_nothing_is_written(tmp_path, capsys):
+    header = GOOD.splitlines()[0] + "\n"
+    path = write(tmp_path, header)
+    out = tmp_path / "graded.csv"
+    assert vpop("grade", path, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "no rows" in err and "obs.csv" in err and "Traceback" not in err
+    assert not out.exists()

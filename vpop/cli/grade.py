@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.patients:
         _check_output(args.patients)
     df = read_observations(args.observations)
+    if len(df) == 0:
+        raise UserError(f"{args.observations}: no rows (only a header); allowed: at least one assessment row "
+                        "(docs/observations.md)")
     graded = grade_observations(df, args.scale, source_name=args.observations)
     outputs = [(graded, args.out)]
     summary = None
