@@ -210,3 +210,42 @@ def test_dlt_outcomes_from_patients_and_window():
                         "crs_grade_astct": [1, 3, 1, 0, 3], "icans_grade_astct": [0, 0, 4, 0, 0]})
     d = DLTDefinition(window_days=14.0)
     assert designs.dlt_outcomes(patients, d, obs, simulated_days=28.0).tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("n, y, dose, target", [
+    ([3, 0, 0, 0], [1, 0, 0, 0], 0, 0.25),
+    ([3, 0, 0, 0], [2, 0, 0, 0], 0, 0.25),
+    ([6, 3, 0, 0], [1, 1, 0, 0], 0, 0.3),
+    ([3, 6, 3, 0], [0, 1, 2, 0], 1, 0.2),
+    ([0, 0, 0, 0], [0, 0, 0, 0], 0, 0.3),
+])
+def test_crm_probability_above_target_matches_quadrature(n, y, dose, target):
+    """P(p_dose > target | data), which drives CRM's safety stop, against scipy's adaptive quadrature."""
+    scipy_integrate = pytest.importorskip("scipy.integrate")
+    skeleton = np.array([0.05, 0.12, 0.25, 0.40])
+    n, y = np.asarray(n), np.asarray(y)
+    sd = math.sqrt(1.34)
+
+    def post(a):
+        ll = -0.5 * (a / sd) ** 2
+        for d in range(4):
+            logp = math.exp(a) * math.log(skeleton[d])
+            ll += (y[d] * logp + (n[d] - y[d]) * math.log1p(-math.exp(logp))) if n[d] else 0.0
+        return math.exp(ll)
+
+    cut = math.log(math.log(target) / math.log(skeleton[dose]))  # p_dose(a) > target  <=>  a < cut
+    lo, hi = -6 * sd, 6 * sd
+    z = scipy_integrate.quad(post, lo, hi, points=[cut], limit=200)[0]
+    exact = scipy_integrate.quad(post, lo, cut, limit=200)[0] / z
+    got = designs.CRMPosterior(skeleton).prob_above(n, y, dose, target)[0]
+    assert got == pytest.approx(exact, abs=1e-4)  # the grid indicator was off by up to 0.027
+    # vectorised over trials: each row is its own posterior
+    both = designs.CRMPosterior(skeleton).prob_above(np.stack([n, n]), np.stack([y, y]), dose, target)
+    assert both.tolist() == pytest.approx([got, got])
+
+
+def test_three_plus_three_top_dose_needs_six_patients_and_two_dlts_there_make_the_dose_below_the_mtd():
+    # d1 0/3, d2 0/3, d3 0/3 -> 3 more at d3 (the top dose is declared only with six patients) -> 2/6 -> MTD d2
+    res = designs.three_plus_three(sequence_pool([0] * 9 + [1, 1, 0], 3), n_trials=1, draw="sequential")
+    assert res.n_patients[0].tolist() == [3, 3, 6] and res.n_dlt[0].tolist() == [0, 0, 2]
+    assert res.selected.tolist() == [1] and not res.early_stop.any()

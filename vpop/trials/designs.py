@@ -45,7 +45,9 @@ Designs (dose levels are 0-based here; reports label them 1..K):
   p_d(posterior mean of a) is closest to the target, with no skipping (at most
   one level above the current dose) and no escalation right after a cohort
   with a DLT (coherence). Safety rule: stop (no MTD) when P(p_1 > target |
-  data) > `stop_prob` with at least 3 patients at the lowest dose. The MTD is
+  data) > `stop_prob` with at least 3 patients at the lowest dose; that
+  probability is integrated up to the exact cut point a* where p_1 = target
+  (`CRMPosterior.prob_above`), not read off the grid nodes. The MTD is
   the dose recommended after the last cohort (dfcrm's choice: the closest
   estimate over all doses).
 """
@@ -60,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import UserError
+from vpop.run.endpoints import grade_at_least, grade_column
 from vpop.stats import wilson_interval
 
 NO_MTD = -1  # selected dose of a trial that stopped early without an MTD
@@ -92,10 +95,6 @@ class DLTDefinition:
         return " or ".join(parts) + f" within {self.window_days:g} days"
 
 
-def _max_col(kind: str, scale: str) -> str:
-    return f"{kind}_max_grade" if scale == "astct" else f"{kind}_max_grade_{scale}"
-
-
 def dlt_outcomes(patients: pd.DataFrame, definition: DLTDefinition, observations: pd.DataFrame | None = None,
                  simulated_days: float | None = None) -> np.ndarray:
     """Boolean DLT per patient (in the order of `patients`).
@@ -125,10 +124,10 @@ def dlt_outcomes(patients: pd.DataFrame, definition: DLTDefinition, observations
             worst = obs.groupby("patient_id")[col].max()
             g = worst.reindex(patients["patient_id"]).fillna(0).to_numpy()
         else:
-            col = _max_col(kind, scale)
-            if col not in patients.columns:
+            if grade_column(kind, scale) not in patients.columns:
                 raise UserError(f"DLT definition: scale {scale!r} was not simulated for {kind.upper()}")
-            g = patients[col].to_numpy()
+            dlt |= grade_at_least(kind, grade, scale)(patients)
+            continue
         dlt |= g >= grade
     return dlt
 
@@ -515,15 +514,19 @@ class CRMPosterior:
         log_prior = -0.5 * (a / self.prior_sd) ** 2
         return a, w, log_prior
 
-    def weights(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised posterior weights (T, G) on the grid, and the grid."""
-        a, w, log_prior = self.grid()
+    def log_posterior(self, a: np.ndarray, n: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Unnormalised log posterior (T, len(a)) of the power model at the points `a`."""
         s = np.asarray(self.skeleton, dtype=float)
         logp = np.exp(a)[None, :] * np.log(s)[:, None]  # (K, G): log p_d(a)
         log1mp = np.log1p(-np.exp(logp))
         n = np.atleast_2d(n).astype(float)
         y = np.atleast_2d(y).astype(float)
-        ll = y @ logp + (n - y) @ log1mp + log_prior[None, :]
+        return y @ logp + (n - y) @ log1mp - 0.5 * (a / self.prior_sd)[None, :] ** 2
+
+    def weights(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised posterior weights (T, G) on the grid, and the grid."""
+        a, w, _ = self.grid()
+        ll = self.log_posterior(a, n, y)
         ll -= ll.max(axis=1, keepdims=True)
         post = np.exp(ll) * w[None, :]
         post /= post.sum(axis=1, keepdims=True)
@@ -539,10 +542,32 @@ class CRMPosterior:
         return np.asarray(self.skeleton)[None, :] ** np.exp(a_hat)[:, None]
 
     def prob_above(self, n, y, dose: int, target: float) -> np.ndarray:
-        """P(p_dose > target | data) for each trial."""
-        post, a = self.weights(n, y)
-        p = np.asarray(self.skeleton)[dose] ** np.exp(a)
-        return post @ (p > target).astype(float)
+        """P(p_dose > target | data) for each trial, integrated up to the exact cut point.
+
+        p_dose = s ** exp(a) falls as a rises, so p_dose > target exactly when
+        a < a* = log(log(target) / log(s)). The posterior is integrated by
+        Simpson's rule on two grids that meet at a*, one below and one above,
+        so the integral stops at a* itself. (Evaluating the indicator at the
+        nodes of one fixed grid moves the cut to a node: a bias of up to half a
+        cell's mass, 0.027 in the safety-stop probability.)
+        """
+        a, _, _ = self.grid()
+        s = float(np.asarray(self.skeleton)[dose])
+        cut = float(np.clip(math.log(math.log(target) / math.log(s)), a[0], a[-1]))
+        m = self.n_grid // 2 * 2 + 1  # odd: Simpson needs an even number of intervals
+        below_pts, above_pts = np.linspace(a[0], cut, m), np.linspace(cut, a[-1], m)
+        ll = self.log_posterior(np.concatenate([below_pts, above_pts]), n, y)
+        f = np.exp(ll - ll.max(axis=1, keepdims=True))
+        below = _simpson(f[:, :m], (cut - a[0]) / (m - 1))
+        above = _simpson(f[:, m:], (a[-1] - cut) / (m - 1))
+        return below / (below + above)
+
+
+def _simpson(f: np.ndarray, h: float) -> np.ndarray:
+    """Composite Simpson's rule along the last axis (an odd number of equally spaced points)."""
+    w = np.ones(f.shape[-1])
+    w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+    return f @ w * (h / 3.0)
 
 
 def crm(pool: PatientPool, target: float, skeleton: Sequence[float] | None = None, n_cohorts: int = 10,
