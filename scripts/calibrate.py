@@ -50,7 +50,6 @@ import pandas as pd  # noqa: E402
 
 from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer  # noqa: E402
-from vpop.fitting.model import GridSettings  # noqa: E402
 from vpop.fitting.cohort_tables import (  # noqa: E402
     LIKELIHOOD_ENDPOINTS, build_cohort_likelihood, engine_rates, read_cohort_table,
 )
@@ -146,12 +145,12 @@ def calibrate(preset: str, args) -> dict:
         here = replace(cfg, parameters={**cfg.parameters, **best})
         _, pts = engine_rates(here, used, args.virtual, args.seed)
         lik = build_cohort_likelihood(here, used, FREE, n_virtual=args.virtual, seed=args.seed,
-                                      reference_patients=pts, tau=args.tau, days=args.days,
-                                      settings=GridSettings(substeps=args.substeps, method="etdrk4"))
+                                      reference_patients=pts, tau=args.tau, days=args.days)
         fit_r = infer.run_svi(None, cohort=lik, steps=args.steps, lr=args.lr, seed=args.seed + r)
         proposal = {k: float(v) for k, v in fit_r.theta_summary().set_index("parameter")["median"].items()}
-        # The surrogate sees no management; accept its proposal (or a shortened step towards it) only if
-        # the full engine, grading and management included, agrees that it fits the table better.
+        # The smoothed likelihood runs the trial's course, management included, on a few virtual patients;
+        # accept its proposal (or a shortened step towards it) only if the exact graded rates of the engine on
+        # fresh patients agree that it fits the table better.
         accepted = None
         for shrink in (1.0, 0.5, 0.25):
             # inside the parameter table's plausible range: a rate the biology cannot reach is not
@@ -173,8 +172,7 @@ def calibrate(preset: str, args) -> dict:
     if fit is None:  # nothing beat the start: the posterior of a fit at the start
         _, pts = engine_rates(final, used, args.virtual, args.seed)
         lik = build_cohort_likelihood(final, used, FREE, n_virtual=args.virtual, seed=args.seed, reference_patients=pts,
-                                      tau=args.tau, days=args.days,
-                                      settings=GridSettings(substeps=args.substeps, method="etdrk4"))
+                                      tau=args.tau, days=args.days)
         fit = infer.run_svi(None, cohort=lik, steps=args.steps, lr=args.lr, seed=args.seed)
     # the posterior spread comes from the accepted fit, centred on the accepted values
     draws = fit.theta_draws()
@@ -198,7 +196,7 @@ def calibrate(preset: str, args) -> dict:
         rows.append(row)
     return {"preset": preset, "cohort": cohort, "start": start, "fitted": summary, "history": history,
             "rows": rows, "seconds": time.perf_counter() - t0, "fit_seconds": fit_seconds, "values": best,
-            "settings": {k: getattr(args, k) for k in ("virtual", "rounds", "steps", "lr", "tau", "days", "substeps",
+            "settings": {k: getattr(args, k) for k in ("virtual", "rounds", "steps", "lr", "tau", "days",
                                                          "check", "evaluate", "predictive", "predictive_n", "seed")},
             "date": time.strftime("%Y-%m-%d")}
 
@@ -278,8 +276,6 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=80, help="SVI steps per round")
     ap.add_argument("--days", type=float, default=21.0, help="horizon of the surrogate solve")
-    ap.add_argument("--substeps", type=int, default=2,
-                    help="ETDRK4 steps per 6-h interval of the surrogate solve (it only proposes; the engine decides)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--tau", type=float, default=0.1, help="smoothing of the surrogate thresholds")
     ap.add_argument("--check", type=int, default=2000, help="fresh patients for the engine check")

@@ -24,7 +24,7 @@ def test_forward_sensitivities_match_reverse_mode(default_config):
     rng = np.random.default_rng(0)
     lf = jnp.asarray(rng.normal(0.0, 0.3, (problem.n, len(FREE))))
     w = jnp.asarray(rng.normal(size=problem.obs_logv.shape))
-    v = {k: jnp.asarray(rng.normal(size=problem.n)) for k in fm.SEVERITY_STATE}
+    v = {k: jnp.asarray(rng.normal(size=problem.n)) for k in fm.SEVERITY_SIGN}
 
     def loss(mu, sev):
         return jnp.sum(w * mu) + sum(jnp.sum(v[k] * jnp.log(sev[k] + 1e-3)) for k in sev)

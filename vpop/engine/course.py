@@ -72,10 +72,18 @@ class EngineSettings:
     record_rows: bool = True
     crs_scales: tuple[str, ...] = tuple(CRS_SCALES)
     neuro_scales: tuple[str, ...] = tuple(NEURO_SCALES)
+    # Biomarker read-outs recorded at every assessment even when `record_rows` is off (the fitting
+    # likelihood's predictions); names of `vpop.observation.readouts.biomarkers`.
+    trajectories: tuple[str, ...] = ()
+    # Chart times per assessment interval; 0 charts hourly (the bedside default). The fitting solve
+    # uses fewer steps per interval and charts once per step group.
+    charts_per_interval: int = 0
 
     @property
     def chart_marks(self) -> int:
-        """Vital signs are charted hourly: chart times per assessment interval."""
+        """Chart times per assessment interval (hourly unless `charts_per_interval` says otherwise)."""
+        if self.charts_per_interval:
+            return self.charts_per_interval
         return max(1, int(round(self.assessment_hours)))
 
     @property
@@ -88,6 +96,17 @@ class EngineSettings:
 
     def times(self) -> np.ndarray:
         return np.arange(self.n_rows) * self.dt
+
+
+# Worst continuous signs over the course, in the units of the read-outs (summary `worst_<name>`):
+# the smooth quantities the grades threshold, so a likelihood can relax a grade through them.
+SEVERITY_SIGNS = ("fever_rise_c", "map_drop_mmhg", "fio2_need", "neuro_dysfunction", "capillary_leak")
+
+
+def severity_signs(worst, y, p):
+    """The interval's worst signs (`readouts.interval_signs`) and the leak at the assessment, as SEVERITY_SIGNS."""
+    fever_rise, neg_map, fio2_need, neuro_max, _, _ = worst
+    return fever_rise, p["map_baseline"] + neg_map, fio2_need, neuro_max, y[model.IDX["leak"]]
 
 
 def _call(fn, row, **extra):
@@ -184,8 +203,21 @@ def _trigger_grade(grades, kind: str, index):
     return stack[index.astype(jnp.int32)]
 
 
-def simulate_patient(p, key, policy, settings: EngineSettings):
-    """One patient's whole course. Returns (rows, summary) of arrays."""
+# Dose kinds of a schedule given to `simulate_patient` (the order of its last-but-one axis).
+SCHEDULE_KINDS = ("toci_mg", "dex_iv_mg", "dex_oral_mg", "mp_mg", "anakinra_mg")
+
+
+def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
+    """One patient's whole course of treatment. Returns (rows, summary) of arrays.
+
+    This is the only course in vpop: simulation, the time-course likelihood and the
+    cohort-table likelihood all run it. `policy` decides doses from the grades at each
+    assessment; `schedule`, if given, adds doses fixed in advance (mg, shape
+    (n_rows, len(SCHEDULE_KINDS)) for one patient, (n_rows, kinds, N) for a batch), given at
+    the assessment they fall on, after the policy's doses: the doses a data set records.
+    Everything is a fixed trip count, so the course is differentiable in `p` (forward or
+    reverse mode) through the solve; grades and doses are piecewise constant in `p`.
+    """
     dtype = p["tumor_burden"].dtype
     shape = jnp.shape(p["tumor_burden"])  # () for one patient, (N,) for a batch in SoA layout
 
@@ -222,6 +254,8 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         # ICU-level support while alive, so endpoints need no observation table
         "max_vasopressors": full(0, jnp.int32),
         "positive_pressure": false,
+        # worst continuous signs over the course: the smooth read-outs behind the grades (fitting)
+        "severity": tuple(full(-jnp.inf) for _ in SEVERITY_SIGNS),
     }
 
     def step(carry, k):
@@ -238,6 +272,9 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         )
         treat = alive & ~upd["dies_now"]
         doses = {name: jnp.where(treat, v, 0.0) for name, v in doses.items()}
+        if schedule is not None:
+            planned = schedule[k]
+            doses = {name: doses[name] + planned[j] for j, name in enumerate(SCHEDULE_KINDS)}
         pol_state = jax.tree_util.tree_map(lambda new, old: jnp.where(treat, new, old), pol_state, carry["policy"])
         febrile = row["temp_c"] >= 38.0
         give_antipyretic = treat & febrile & (policy["antipyretics"] > 0.5)
@@ -289,12 +326,16 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
             max_vasopressors=jnp.where(row_alive, jnp.maximum(carry["max_vasopressors"], row["vasopressors"]),
                                        carry["max_vasopressors"]),
             positive_pressure=carry["positive_pressure"] | (row_alive & (row["o2_device"] >= O2_CPAP)),
+            severity=tuple(jnp.where(row_alive, jnp.maximum(old, new), old)
+                           for old, new in zip(carry["severity"], severity_signs(carry["worst"], y, p))),
         )
         out = dict(grades)
         out["alive"] = row_alive
         if settings.record_rows:
             out.update(row)
             out.update(bio)
+        else:
+            out.update({name: bio[name] for name in settings.trajectories})
         return new_carry, out
 
     final, rows = jax.lax.scan(step, carry0, jnp.arange(settings.n_rows))
@@ -311,11 +352,12 @@ def simulate_patient(p, key, policy, settings: EngineSettings):
         "peak_car_t_day": final["car_t_peak_day"],  # Tmax of CAR-T in blood (first assessment at the peak)
         "max_vasopressors": final["max_vasopressors"],
         "positive_pressure_ventilation": final["positive_pressure"],
+        **{f"worst_{name}": v for name, v in zip(SEVERITY_SIGNS, final["severity"])},
     }
     return rows, summary
 
 
-def simulate_batch(p, keys, policy, settings: EngineSettings):
+def simulate_batch(p, keys, policy, settings: EngineSettings, schedule=None):
     """A batch of patients: `simulate_patient` with the patient axis trailing.
 
     The one-patient physics is elementwise in the patient, so it runs on
@@ -326,7 +368,7 @@ def simulate_batch(p, keys, policy, settings: EngineSettings):
     state access (tests/test_engine.py checks the two agree). Outputs have the
     patient axis first, as `vmap` would give: rows (N, n_rows), summary (N,).
     """
-    rows, summary = simulate_patient(p, keys, policy, settings)
+    rows, summary = simulate_patient(p, keys, policy, settings, schedule)
     batch = jnp.shape(p["tumor_burden"])
     # Shared quantities (the assessment time) come out unbatched; give every row a patient axis.
     def per_patient(x):

@@ -11,9 +11,11 @@ icans_max_grade (neurotoxicity). Drug-use endpoints have no scale.
 
 Likelihood (docs/fitting.md §Cohort tables). A fixed set of virtual patients
 (fixed keys: patient i = fold_in(PRNGKey(seed), i) of the config's population,
-with all its random effects) is integrated with the fitting solve
-(`vpop.fitting.model.solve_grid`, no management) at the candidate population
-parameters. Each rate endpoint has a continuous severity surrogate s_i:
+with all its random effects) runs the one course of treatment
+(`vpop.engine.course`, the course `vpop.simulate` runs) under the config's own
+management policy and grading scales, at the candidate population parameters.
+Each rate endpoint has a continuous severity surrogate s_i, one of the course's
+worst signs (summary `worst_*`), the smooth quantities the grades threshold:
 
 * crs_any: peak temperature rise (deg C) from the pyrogen signal;
 * crs_grade{k}plus, crs_grade{k} (k >= 2) and tocilizumab_use: peak fall of
@@ -43,7 +45,7 @@ import numpy as np
 import numpyro
 import pandas as pd
 
-from vpop.model import equations as vmodel
+from vpop.engine.course import EngineSettings
 from vpop.errors import DataError
 
 REQUIRED_COLUMNS = ("cohort", "product", "construct", "disease", "n", "scale", "endpoint", "value", "unit", "source", "note")
@@ -223,23 +225,48 @@ def virtual_parameters(config, n: int, seed: int, dtype=jnp.float64) -> dict:
     return {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
 
 
-def surrogates(p_batch: dict, free, log_factor, n_grid: int, settings):
+SURROGATE_SIGN = {"fever": "fever_rise_c", "map_drop": "map_drop_mmhg", "neuro": "neuro_dysfunction"}
+
+
+def course_settings(config, days: float) -> EngineSettings:
+    """The trial's course: the config's engine settings and scales, `days` long, no observation rows."""
+    return replace(config.engine, days=days, record_rows=False)
+
+
+def surrogates(p_batch: dict, free, log_factor, policy, settings: EngineSettings):
     """(n, 3) surrogate severities of virtual patients at population factors exp(log_factor).
 
-    All patients are integrated at once in structure-of-arrays layout (states
-    (n_states, n), as `vpop.engine.course.simulate_batch`); no drug is given.
+    Every patient runs the one course (`vpop.fitting.model.run_course`, structure-of-arrays
+    layout) with the trial's management `policy`.
     """
-    from vpop.fitting.model import individual, solve_grid
+    from vpop.fitting.model import individual, run_course
 
     p = individual({k: jnp.asarray(v) for k, v in p_batch.items()}, free, log_factor)
-    none = jnp.zeros((n_grid + 1, 5, 1))
-    ys = solve_grid(p, none, n_grid, settings)  # (n_grid + 1, n_states, n)
+    _, summary = run_course(p, None, settings, policy=policy)
+    return jnp.stack([summary[f"worst_{SURROGATE_SIGN[k]}"] for k in SURROGATES], axis=-1)
 
-    def sig(y):
-        g = vmodel.signals(y, p)
-        return jnp.stack([g["fever_rise"], p["map_baseline"] - g["map_mmhg"], y[vmodel.IDX["neuro"]]], axis=-1)
 
-    return jnp.max(jax.vmap(sig)(ys), axis=0)
+def forward_mode(f):
+    """`f(x)` for a small parameter vector x, differentiated by forward-mode sensitivities.
+
+    One JVP per parameter (all virtual patients at once) gives the Jacobian; the
+    vector-Jacobian product reverse-mode callers (SVI, NUTS) ask for is its contraction.
+    Reverse mode through the course would store every solver step.
+    """
+
+    @jax.custom_vjp
+    def g(x):
+        return f(x)
+
+    def g_fwd(x):
+        out, jac = jax.vmap(lambda e: jax.jvp(f, (x,), (e,)), out_axes=(None, 0))(jnp.eye(x.shape[0], dtype=x.dtype))
+        return out, jac
+
+    def g_bwd(jac, ct):
+        return (jnp.sum(jac * ct[None], axis=tuple(range(1, jac.ndim))),)
+
+    g.defvjp(g_fwd, g_bwd)
+    return g
 
 
 @dataclass
@@ -254,16 +281,16 @@ class CohortLikelihood:
     p_virtual: dict
     free: tuple
     log_ref: np.ndarray
-    n_grid: int
-    settings: object
+    policy: object  # the trial's PolicySettings
+    settings: EngineSettings  # the trial's course
     tau: float = 0.1
     reference_rates: np.ndarray = field(default=None)  # engine rates at the reference
     weight: float = 1.0
 
     def _surrogates(self, log_factor):
         if getattr(self, "_jit_surrogates", None) is None:
-            p, free, n_grid, settings = self.p_virtual, self.free, self.n_grid, self.settings
-            self._jit_surrogates = jax.jit(lambda lf: surrogates(p, free, lf, n_grid, settings))
+            p, free, policy, settings = self.p_virtual, self.free, self.policy, self.settings
+            self._jit_surrogates = jax.jit(forward_mode(lambda lf: surrogates(p, free, lf, policy, settings)))
         return self._jit_surrogates(log_factor)
 
     def rates(self, log_factor, tau=None, hard=False):
@@ -311,10 +338,10 @@ def build_cohort_likelihood(config, targets, free, n_virtual: int = 200, seed: i
     Targets whose endpoint the surrogate does not cover (medians, steroid use)
     are left out of the likelihood (they are still compared by `engine_rates`).
     """
-    from vpop.fitting.model import GridSettings, check_free
+    from vpop.fitting.model import check_free
     from vpop.population.sampler import PopulationSampler
 
-    settings = settings or GridSettings()
+    settings = settings or course_settings(config, days)
     free = check_free(free)
     used = [t for t in targets if t.is_rate and LIKELIHOOD_ENDPOINTS.match(t.endpoint)]
     if not used:
@@ -323,11 +350,10 @@ def build_cohort_likelihood(config, targets, free, n_virtual: int = 200, seed: i
     if reference_patients is None:
         _, reference_patients = engine_rates(config, used, n_virtual, seed)
     pts = reference_patients
-    n_grid = int(np.ceil(days / settings.dt))
     p_virtual = virtual_parameters(config, n_virtual, seed)
     typical = PopulationSampler(config.population, config.parameters).typical
     log_ref = np.log([float(typical.get(f, 1.0)) for f in free])
-    s = np.asarray(jax.jit(lambda lf: surrogates(p_virtual, free, lf, n_grid, settings))(jnp.zeros(len(free))))
+    s = np.asarray(jax.jit(lambda lf: surrogates(p_virtual, free, lf, config.policy, settings))(jnp.zeros(len(free))))
     floors = np.asarray([SURROGATE_FLOOR[k] for k in SURROGATES])
     s = np.maximum(s, floors)
     ok = (pts["solver_status"] != "nonfinite").to_numpy()
@@ -360,4 +386,4 @@ def build_cohort_likelihood(config, targets, free, n_virtual: int = 200, seed: i
             up.append(1e30)  # no upper threshold
             exact.append(False)
     return CohortLikelihood(used, np.asarray(thr), np.asarray(idx), np.asarray(exact), np.asarray(up), p_virtual,
-                            free, log_ref, n_grid, settings, tau, np.asarray(ref), weight)
+                            free, log_ref, config.policy, settings, tau, np.asarray(ref), weight)

@@ -1,4 +1,6 @@
-"""The hierarchical NumPyro model of patient time courses (docs/fitting.md).
+"""Predictions of the fitting likelihood: the one course of treatment, run on a data set (docs/fitting.md).
+
+The statistical model that scores them is `vpop.fitting.statistical_model`:
 
 For free parameters theta_1..theta_F (names from the parameter table):
 
@@ -13,22 +15,23 @@ holds patient i's parameters at the typical values given their covariates
 (covariate effects of `vpop.population.sampler.covariate_effects`; missing covariates
 at the config's population median); parameters that are not fitted stay there.
 
-Each patient is integrated with the model and the exponential integrator on a
-uniform grid (spacing `grid_hours`, `substeps` ETDRK4 steps per grid interval;
-doses as boluses at the nearest grid point). All patients are integrated at
-once in structure-of-arrays layout (states (n_states, n)), and the samplers'
-gradients come from forward-mode sensitivities (one JVP per free parameter,
-`predictions_forward_ad`). Predictions at observation times are linear in log
-between grid points.
+Each patient runs the engine's course (`vpop.engine.course.simulate_patient`, the
+same course `vpop.simulate` runs) with assessments every `grid_hours`, `substeps`
+ETDRK4 steps each, no policy, and the doses its data record as a schedule (boluses
+at the nearest assessment). All patients run at once in structure-of-arrays layout,
+and the samplers' gradients come from forward-mode sensitivities (one JVP per free
+parameter, `predictions_forward_ad`). Predictions at observation times are linear in
+log between assessments.
 
 Likelihoods:
 (a) log DV ~ Normal(log prediction, sigma_analyte) for quantified values;
     a value below the LLOQ adds log Phi((log LLOQ - log prediction) / sigma)
     (censored, M3), never log density at the LLOQ;
 (b) observed maximum CRS / ICANS grades (0-4, grade 5 counted as 4) are
-    ordered-logistic on beta * log(severity index + eps), with the peak
-    capillary leak (CRS) and peak neuronal dysfunction (ICANS) of the
-    patient's simulated course as indices, and ordered cutpoints.
+    ordered-logistic on beta * log(severity index + eps), with the course's
+    worst capillary leak (CRS) and worst neuronal dysfunction (ICANS) as
+    indices (summary `worst_capillary_leak`, `worst_neuro_dysfunction`), and
+    ordered cutpoints: a smooth relaxation of the grades the course reads out.
 (c) cohort tables: `vpop.fitting.cohort_tables`.
 """
 
@@ -40,22 +43,19 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from jax.scipy.stats import norm
 
-from vpop.model import equations as vmodel
-from vpop.observation import readouts
+from vpop.engine.course import EngineSettings, simulate_batch, simulate_patient
 from vpop.errors import UserError
 from vpop.fitting.data import DOSE_KINDS, PatientData
 from vpop.model.parameters import TABLE
+from vpop.policy.rules import PRESETS
 from vpop.population.sampler import COVARIATES, PopulationSampler
-from vpop.solver.etdrk import STEPPERS
 
 DEFAULT_FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")
 GRADE_CATEGORIES = 5  # grades 0-4 (5 counted as 4)
 SEVERITY_EPS = {"crs": 1e-3, "icans": 1e-3}
-SEVERITY_STATE = {"crs": "leak", "icans": "neuro"}
+# The course's worst signs (`vpop.engine.course.SEVERITY_SIGNS`) that index grade severity.
+SEVERITY_SIGN = {"crs": "capillary_leak", "icans": "neuro_dysfunction"}
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def build_problem(data: PatientData, config, free=DEFAULT_FREE, settings: GridSe
                       obs_mask, grades, list(data.ids), omega_prior)
 
 
-# --- the solve ---------------------------------------------------------------------------
+# --- the course ---------------------------------------------------------------------------
 
 
 def individual(base_i: dict, free, log_factor):
@@ -211,48 +211,49 @@ def individual(base_i: dict, free, log_factor):
     return p
 
 
-def solve_grid(p, doses, n_grid: int, settings: GridSettings):
-    """States at grid points 0..n_grid (before that point's doses), shape (n_grid + 1, n_states).
+def course_settings(settings: GridSettings, n_grid: int, analytes) -> EngineSettings:
+    """The engine's course as the fitting likelihood runs it.
 
-    One patient: parameters are scalars and `doses` is (n_grid + 1, n_kinds).
-    A batch in structure-of-arrays layout (as `vpop.engine.course.simulate_batch`):
-    parameters of shape (N,), `doses` (n_grid + 1, n_kinds, N); the result is
-    then (n_grid + 1, n_states, N). The physics is elementwise in the patient,
-    so the same code serves both.
+    Assessments every `grid_hours`, `substeps` steps each, the signs charted once per
+    assessment, biomarker trajectories recorded, ASTCT grading only (the likelihood reads
+    no grade; the policy needs one scale).
     """
-    dt = settings.dt
-    y0 = vmodel.initial_state(p)
-    I = vmodel.IDX
-    stepper = STEPPERS[settings.method]
-    h = dt / settings.substeps
-
-    def step(y, k):
-        d = doses[k]
-        y_rec = y
-        y = y.at[I["toci"]].add(d[0])
-        y = y.at[I["dex_central"]].add(d[1] + d[3] * p["mp_to_dex"])
-        y = y.at[I["dex_depot"]].add(d[2] * p["dex_bioavailability"])
-        y = y.at[I["anakinra"]].add(d[4])
-        t0 = k * dt
-
-        def sub(j, yy):  # static trip count: reverse-mode differentiable
-            return stepper(vmodel.production_loss, t0 + j * h, yy, h, p)[0]
-
-        return jax.lax.fori_loop(0, settings.substeps, sub, y), y_rec
-
-    y_last, ys = jax.lax.scan(step, y0, jnp.arange(n_grid))
-    return jnp.concatenate([ys, y_last[None]], axis=0)
+    return EngineSettings(days=n_grid * settings.dt, assessment_hours=settings.grid_hours,
+                          substeps=settings.substeps, method=settings.method, record_rows=False,
+                          crs_scales=("astct",), neuro_scales=("astct",), trajectories=tuple(analytes),
+                          charts_per_interval=1)
 
 
-def predict_patient(base_i, doses_i, log_factor, free, analytes, n_grid, settings):
-    """(log biomarker trajectory (n_grid + 1, A), severity indices {crs, icans})."""
-    p = individual(base_i, free, log_factor)
-    ys = solve_grid(p, doses_i, n_grid, settings)
-    bio = jax.vmap(lambda y: readouts.biomarkers(y, p))(ys)
-    traj = jnp.stack([bio[a] for a in analytes], axis=-1)
-    log_traj = jnp.log(jnp.maximum(traj, 1e-12))
-    severity = {k: jnp.max(ys[:, vmodel.IDX[s]]) for k, s in SEVERITY_STATE.items()}
-    return log_traj, severity
+# Management in a data set is what it records: the policy gives nothing, the doses come as a schedule.
+NO_POLICY = PRESETS["none"]
+
+
+def patient_keys_for(n: int):
+    """Fixed per-patient keys of the course's random draws (seizures; no effect on biomarkers)."""
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(n))
+
+
+def run_course(p: dict, schedule, settings: EngineSettings, policy=NO_POLICY, layout: str = "soa"):
+    """(rows, summary) of the one course (`vpop.engine.course`) for a batch of patients.
+
+    `p`: parameters of shape (n,); `schedule`: doses (n, n_rows, kinds) in mg or None.
+    `layout="soa"` runs all patients at once with the patient axis trailing
+    (`simulate_batch`); `layout="vmap"` is `jax.vmap` of the one-patient course (the
+    reference; same values). Outputs have the patient axis first.
+    """
+    n = jnp.shape(p["tumor_burden"])[0]
+    dtype = jnp.asarray(p["tumor_burden"]).dtype
+    arrays = policy.to_arrays(dtype)
+    keys = patient_keys_for(n)
+    if layout == "soa":
+        sched = None if schedule is None else jnp.moveaxis(jnp.asarray(schedule, dtype), 0, -1)
+        return simulate_batch(p, keys, arrays, settings, sched)
+    if layout == "vmap":
+        if schedule is None:
+            return jax.vmap(lambda pi, ki: simulate_patient(pi, ki, arrays, settings))(p, keys)
+        return jax.vmap(lambda pi, ki, si: simulate_patient(pi, ki, arrays, settings, si))(
+            p, keys, jnp.asarray(schedule, dtype))
+    raise ValueError(f"layout {layout!r}: use 'soa' or 'vmap'")
 
 
 def shared_as_scalars(base: dict) -> dict:
@@ -276,31 +277,28 @@ def shared_as_scalars(base: dict) -> dict:
 def predictions(problem: FitProblem, log_factors, layout: str = "soa"):
     """Log predictions at the observations (n, m), severities {crs, icans: (n,)} and log trajectories (n, G, A).
 
-    `layout="soa"` (default) integrates all patients at once with the patient
-    axis trailing (states (n_states, n), as `vpop.engine.course.simulate_batch`);
-    `layout="vmap"` is `jax.vmap(predict_patient)` (the reference; same values).
-    On the CPU the first is faster (docs/fitting.md, "The fitting solve").
+    Every patient runs the one course of treatment with the doses its data record
+    (`run_course`). `layout="soa"` (default) integrates all patients at once with the
+    patient axis trailing; `layout="vmap"` vmaps the one-patient course (the reference;
+    same values). On the CPU the first is faster (docs/fitting.md, "The fitting solve").
     """
-    base = {k: jnp.asarray(v) for k, v in problem.base.items()}
-    if layout == "vmap":
-        log_traj, sev = jax.vmap(lambda b, d, lf: predict_patient(b, d, lf, problem.free, problem.analytes,
-                                                                  problem.n_grid, problem.settings))(
-            base, jnp.asarray(problem.doses), log_factors)
-    elif layout == "soa":
-        p = individual(shared_as_scalars(problem.base), problem.free, jnp.moveaxis(log_factors, -1, 0))
-        doses = jnp.moveaxis(jnp.asarray(problem.doses), 0, -1)  # (n_grid + 1, kinds, n)
-        ys = solve_grid(p, doses, problem.n_grid, problem.settings)  # (n_grid + 1, n_states, n)
-        bio = jax.vmap(lambda y: readouts.biomarkers(y, p))(ys)  # name -> (n_grid + 1, n)
-        log_traj = jnp.log(jnp.maximum(jnp.stack([bio[a].T for a in problem.analytes], axis=-1), 1e-12))
-        sev = {k: jnp.max(ys[:, vmodel.IDX[s], :], axis=0) for k, s in SEVERITY_STATE.items()}
+    settings = course_settings(problem.settings, problem.n_grid, problem.analytes)
+    if layout == "soa":
+        base = shared_as_scalars(problem.base)
     else:
-        raise ValueError(f"layout {layout!r}: use 'soa' or 'vmap'")
+        base = {k: jnp.asarray(v) for k, v in problem.base.items()}
+    p = jax.vmap(lambda b, lf: individual(b, problem.free, lf))(base, log_factors) if layout == "vmap" else \
+        individual(base, problem.free, jnp.moveaxis(log_factors, -1, 0))
+    rows, summary = run_course(p, problem.doses, settings, layout=layout)
+    traj = jnp.stack([rows[a] for a in problem.analytes], axis=-1)  # (n, n_grid + 1, A)
+    log_traj = jnp.log(jnp.maximum(traj, 1e-12))
+    sev = {kind: summary[f"worst_{sign}"] for kind, sign in SEVERITY_SIGN.items()}
     n = log_traj.shape[0]
-    rows = jnp.arange(n)[:, None]
+    rows_i = jnp.arange(n)[:, None]
     a = jnp.asarray(problem.obs_analyte)
     k = jnp.asarray(problem.obs_k)
     w = jnp.asarray(problem.obs_w)
-    at_obs = (1.0 - w) * log_traj[rows, k, a] + w * log_traj[rows, k + 1, a]
+    at_obs = (1.0 - w) * log_traj[rows_i, k, a] + w * log_traj[rows_i, k + 1, a]
     return at_obs, sev, log_traj
 
 
