@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--cohort", default=None, help="with --cohort-table: the cohort (trial) to use")
     parser.add_argument("--covariates", default=None, help="per-patient covariates/grades CSV with an ID column")
     parser.add_argument("--config", default=None, help="config YAML (default: the shipped default.yaml)")
-    parser.add_argument("--method", choices=("svi", "nuts"), default="svi")
+    parser.add_argument("--method", choices=("svi", "nuts"), default="svi",
+                        help="svi (stochastic variational inference, minutes) or nuts (MCMC, slower, exact)")
     parser.add_argument("--free", default=None, help="comma-separated free parameters (default: "
                         "car_prolif_max,il6_per_myeloid,crp_max)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -42,13 +43,13 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=0.02, help="SVI Adam learning rate")
     parser.add_argument("--guide", choices=("normal", "mvn", "delta"), default="normal",
                         help="SVI guide: normal (mean-field), mvn (full covariance), delta (point)")
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up (adaptation) steps per chain")
+    parser.add_argument("--draws", type=int, default=500, help="NUTS posterior draws per chain")
     parser.add_argument("--parameterisation", choices=("noncentred", "centred"), default="noncentred",
                         help="random effects: noncentred (sparse data) or centred (rich per-patient data; "
                              "fewer NUTS steps)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the fit")
     parser.add_argument("--substeps", type=int, default=2, help="ETDRK4 steps per 6-h grid interval")
     parser.add_argument("--tau", type=float, default=0.1, help="cohort-table smoothing width (log units)")
     parser.add_argument("--virtual", type=int, default=200, help="virtual patients of the cohort-table likelihood")

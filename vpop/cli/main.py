@@ -13,6 +13,35 @@ import sys
 from vpop.errors import UserError
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help that shows every flag's default (unless the help text already says it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default is not None and default is not False and default != argparse.SUPPRESS
+                and "default" not in text and "%(default)" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every `vpop` parser and sub-parser: defaults shown in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def _subcommand_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (innermost) sub-command parser that `args` were parsed by."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+        if not subs or getattr(args, subs[0].dest, None) is None:
+            return parser
+        parser = subs[0].choices[getattr(args, subs[0].dest)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vpop import __version__
     from vpop.cli import grade as grade_cli
@@ -22,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vpop.cli import population as population_cli
     from vpop.cli import report as report_cli
     from vpop.cli import presets as presets_cli
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vpop",
         description="Virtual patient cohorts for CAR T-cell toxicities (CRS, ICANS).",
     )
@@ -40,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the sub-command and show its usage, not the top-level one
+        _subcommand_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except UserError as err:

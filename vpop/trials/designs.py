@@ -164,11 +164,13 @@ class PatientPool:
 
 
 def dose_pools(config, doses: Sequence[float], definition: DLTDefinition, n: int, seed: int | None = None,
-               progress: Callable[[str], None] | None = None, record_rows: bool | None = None) -> PatientPool:
+               progress: Callable[[str], None] | None = None, record_rows: bool | None = None,
+               labels: Sequence[str] | None = None) -> PatientPool:
     """Simulate the same `n` virtual patients at each dose: a `PatientPool`.
 
     `doses` are in the config's units: CAR-T cells/kg if the config gives
-    `product.dose_per_kg`, cells if it gives `product.flat_dose`.
+    `product.dose_per_kg`, cells if it gives `product.flat_dose`. `labels`
+    name the doses in progress messages and tables (default: the numbers).
     """
     from vpop.run.cohort import simulate
 
@@ -178,16 +180,16 @@ def dose_pools(config, doses: Sequence[float], definition: DLTDefinition, n: int
     need_obs = config.engine.days > definition.window_days + 1e-9
     if record_rows is not None:  # None: record the observation table only when the window needs it
         need_obs = need_obs or record_rows
+    labels = [f"{d:g}" for d in doses] if labels is None else list(labels)
     cols = []
-    for dose in doses:
+    for dose, label in zip(doses, labels):
         cfg = with_dose(config, dose)
         result = simulate(cfg, n=n, seed=seed, record_rows=need_obs)
         ok = result.patients["solver_status"] != "nonfinite"
         dlt = dlt_outcomes(result.patients, definition, result.observations, cfg.engine.days)
         cols.append(np.where(ok, dlt, False))
         if progress is not None:
-            progress(f"dose {dose:g}: DLT rate {dlt[ok].mean():.3f} ({int(ok.sum())} patients)")
-    labels = [f"{d:g}" for d in doses]
+            progress(f"dose {label}: DLT rate {100 * dlt[ok].mean():.1f}% ({int(ok.sum())} patients)")
     return PatientPool(np.stack(cols, axis=1), labels, definition.describe())
 
 
