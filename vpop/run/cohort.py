@@ -1,60 +1,62 @@
-"""Run a cohort from a config: batches of patients through the engine, into tables.
-
-`simulate(config)` is the Python entry point behind `vpop simulate`:
+"""Run a cohort in memory: `vpop.simulate(config)` and `vpop.simulate_patient(config)`.
 
     import vpop
-    cfg = vpop.load_config("configs/default.yaml")
+    cfg = vpop.load_config("default")
     result = vpop.simulate(cfg, n=200, seed=1)
-    result.patients        # one row per patient (pandas)
-    result.observations    # the observation table of the shared contract
-    result.summary_table() # the rates printed by the command line
+    result                   # CohortResult(config='default', n=200, seed=1, CRS grade >= 3: ...)
+    result.patients          # one row per patient (pandas)
+    result.observations      # the observation table of the contract (docs/observations.md)
+    result.summary_table()   # the rates printed by the command line
+    result.plot_grades(); result.plot_biomarkers()   # matplotlib Figures
+    vpop.simulate_patient(cfg, seed=1, patient=3, tumor_burden=5.0)  # one course, a DataFrame
 
-Patient i is simulated from `fold_in(PRNGKey(seed), i)` whatever the batch
-size; the last batch is padded to the batch size so every batch reuses one
-compiled function.
+The batch loop is `vpop.run.driver`'s, with a memory sink; `vpop simulate`
+writes the same tables to Parquet as batches finish instead (bounded memory).
+Patient i is simulated from `fold_in(PRNGKey(seed), i)` whatever the batch size.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 
-from vpop.engine import course as engine_mod
-from vpop.policy import rules as policy_mod
-from vpop.population import patient_table as patient_table_mod
+from vpop.errors import UserError
+from vpop.population.sampler import COVARIATES as COVARIATES
+from vpop.run import budget, driver
 from vpop.run.config import SimulationConfig
-from vpop.observation.encoding import CEREBRAL_EDEMA, CONSCIOUSNESS, DEATH_CAUSE, O2_DEVICES, SEIZURE
-from vpop.grading.episodes import episode_summary_grid
-from vpop.population.sampler import COVARIATES, PopulationSampler, patient_keys
-from vpop.observation.readouts import ICE_LOSS_ORDER
-from vpop.stats import wilson_interval
+from vpop.run.driver import (
+    EXECUTABLES as _EXECUTABLES,  # noqa: F401 - tests clear it
+    compiled_sampler as compiled_sampler,
+    executable as executable,
+    padded_ids as padded_ids,
+    split_keys as split_keys,
+)
+from vpop.run.endpoints import cohort_summary as cohort_summary, failed, summary_endpoints, trial_scales
+from vpop.run.tables import (
+    ENUM_COLUMNS as ENUM_COLUMNS,
+    observation_table as observation_table,
+    patient_table as patient_table,
+)
 
-ENUM_COLUMNS = {
-    "o2_device": O2_DEVICES,
-    "consciousness": CONSCIOUSNESS,
-    "seizure": SEIZURE,
-    "cerebral_edema": CEREBRAL_EDEMA,
-    "death_cause": DEATH_CAUSE,
-}
 
-
-@dataclass
+@dataclass(repr=False)
 class CohortResult:
     config: SimulationConfig
     patients: pd.DataFrame
     observations: pd.DataFrame | None
     compile_seconds: float
     run_seconds: float
+    seed: int | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.patients)
 
     @property
     def n_failed(self) -> int:
-        return int((self.patients["solver_status"] == "nonfinite").sum())
+        return int(failed(self.patients).sum())
 
     @property
     def n_inaccurate(self) -> int:
@@ -64,40 +66,35 @@ class CohortResult:
         """Rates with 95% Wilson intervals, onset medians and drug use (ASTCT)."""
         return cohort_summary(self.patients)
 
+    def trial_summary_table(self) -> pd.DataFrame | None:
+        """The graded rates under the scales the config's trial reported with (None without a trial)."""
+        trial = trial_scales(self.config)
+        if trial is None:
+            return None
+        return cohort_summary(self.patients, summary_endpoints(trial[1], trial[2], drugs=False))
 
-def cohort_summary(patients: pd.DataFrame) -> pd.DataFrame:
-    ok = patients[patients["solver_status"] != "nonfinite"]
-    n = len(ok)
-    rows = []
+    def __repr__(self) -> str:
+        ok = self.patients[~failed(self.patients)]
+        rates = []
+        for e in summary_endpoints()[:4:2] + summary_endpoints()[1:4:2]:  # any grade, then >= 3
+            if len(ok):
+                rates.append(f"{e.name}: {100 * e(ok).mean():.1f}%")
+        return (f"CohortResult(config={self.config.name!r}, n={self.n}, seed={self.seed}, "
+                + ", ".join(rates) + f", failed solves={self.n_failed})")
 
-    def rate(label, mask):
-        k = int(mask.sum())
-        lo, hi = wilson_interval(k, n)
-        rows.append({"endpoint": label, "value": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
-                     "count": k, "n": n, "unit": "fraction"})
+    def plot_grades(self, scale: str = "astct"):
+        """Bar chart: share of patients by worst CRS and ICANS grade under `scale`. Returns a Figure."""
+        from vpop.run import plots
 
-    def median(label, values):
-        v = values.dropna()
-        rows.append({"endpoint": label, "value": float(v.median()) if len(v) else float("nan"),
-                     "ci_low": float(v.quantile(0.25)) if len(v) else float("nan"),
-                     "ci_high": float(v.quantile(0.75)) if len(v) else float("nan"),
-                     "count": len(v), "n": n, "unit": "day (IQR)"})
+        return plots.grade_bars(self.patients[~failed(self.patients)], scale, self.config.name)
 
-    rate("CRS any grade", ok["crs_max_grade"] >= 1)
-    rate("CRS grade >= 3", ok["crs_max_grade"] >= 3)
-    rate("ICANS any grade", ok["icans_max_grade"] >= 1)
-    rate("ICANS grade >= 3", ok["icans_max_grade"] >= 3)
-    median("CRS onset", ok["crs_onset_day"])
-    median("ICANS onset", ok["icans_onset_day"])
-    rate("tocilizumab given", ok["tocilizumab_doses"] > 0)
-    rate("corticosteroids given", ok["steroids_given"])
-    rate("died of CRS or ICANS", ok["death_cause"].isin(["crs", "icans"]))
-    return pd.DataFrame(rows)
+    def plot_biomarkers(self, names: Sequence[str] = ("il6_pg_ml", "crp_mg_l", "ferritin_ng_ml", "temp_c")):
+        """Median and interquartile band over time of observation columns. Returns a Figure."""
+        from vpop.run import plots
 
-
-def padded_ids(start: int, stop: int, batch: int) -> np.ndarray:
-    ids = np.arange(start, start + batch)
-    return np.minimum(ids, stop - 1)  # padding repeats the last patient; trimmed after
+        if self.observations is None:
+            raise UserError("plot_biomarkers needs the observation table (simulate with record_rows=True)")
+        return plots.biomarker_bands(self.observations, names, self.config.name)
 
 
 def simulate(
@@ -106,159 +103,55 @@ def simulate(
     seed: int | None = None,
     record_rows: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> CohortResult:
-    """Simulate the config's cohort. Returns patients (and observations if `record_rows`)."""
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
-    table = patient_table_mod.table_of(config)  # population.patients_file: covariates as given
-    n = (config.n if n is None else int(n)) if table is None else table.cohort_size(n)
-    seed = config.seed if seed is None else int(seed)
-    from vpop.engine import sharding  # every local device; one device: engine.compiled_batch
+    """Simulate the config's cohort in memory. Returns patients (and observations if `record_rows`).
 
-    batch = sharding.global_batch(config.batch_size, n)  # batch_size per device
-    settings = replace(config.engine, record_rows=record_rows)
-    sampler = PopulationSampler(config.population, config.parameters)
-    policy_mod.check_scales(config.policy, config.engine.crs_scales, config.engine.neuro_scales,
-                            f"policy {config.policy.name!r}")
-    policy = config.policy.to_arrays(dtype)
-    sample = compiled_sampler(sampler, dtype)
-    sample_given = patient_table_mod.given_sampler(sampler, dtype) if table is not None else None
-    run = sharding.batch_function(settings)
+    Refuses (UserError) a cohort whose tables would not fit in this machine's
+    memory; `vpop simulate` (Parquet, bounded memory) has no such limit.
+    """
+    plan = driver.plan(config, n, seed, record_rows)
+    budget.check(plan, out=None, in_memory=True)
+    sink = driver.MemorySink()
+    stats = driver.run(plan, [(0, 0, plan.n)], sink, progress=progress, stage=stage)
+    return CohortResult(config, sink.patients(), sink.observations(), stats.compile_seconds, stats.run_seconds,
+                        plan.seed)
 
-    t_start = time.perf_counter()
-    compile_seconds = 0.0
-    cov_parts, row_parts, sum_parts = [], [], []
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        ids = padded_ids(start, n, batch)
-        if table is None:
-            keys = patient_keys(seed, ids)
-            pop_keys, event_keys = split_keys(keys)
-            cov, p = sample(pop_keys)
+
+def simulate_patient(config: SimulationConfig, seed: int | None = None, patient: int = 0, **overrides) -> pd.DataFrame:
+    """One patient's time course (the observation table's rows, biomarkers included) as a DataFrame.
+
+    Patient `patient` of seed `seed` is the same virtual patient as in
+    `simulate(config, seed=seed)` (outputs agree to float rounding: the
+    batch shape differs). `overrides` set, by name, model parameters
+    (`il6_per_myeloid=2e5`), covariates (`tumor_burden=5.0`: the covariate
+    is fixed at that value), `days`, or `policy` (a preset name).
+    """
+    from vpop.model.parameters import TABLE
+    from vpop.policy.rules import PRESETS, PolicySettings
+
+    params, marginals = dict(config.parameters), dict(config.population.marginals)
+    engine = config.engine
+    policy = config.policy
+    for name, value in overrides.items():
+        if name in TABLE:
+            params[name] = float(value)
+        elif name in COVARIATES:
+            m = marginals[name]
+            v = float(value)
+            marginals[name] = replace(m, dist="normal", center=v, spread=0.0, low=min(m.low, v), high=max(m.high, v))
+        elif name == "days":
+            engine = replace(engine, days=float(value))
+        elif name == "policy":
+            if not isinstance(value, PolicySettings) and value not in PRESETS:
+                raise UserError(f"simulate_patient: policy {value!r}; allowed: {', '.join(PRESETS)}")
+            policy = value if isinstance(value, PolicySettings) else PRESETS[value]
         else:
-            keys, given, eta = patient_table_mod.batch_rows(table, ids, seed)
-            pop_keys, event_keys = split_keys(keys)
-            cov, p = sample_given(pop_keys, given, eta)
-        if start == 0:
-            t0 = time.perf_counter()
-            run = executable(run, settings, p, event_keys, policy)
-            compile_seconds = time.perf_counter() - t0
-        rows, summ = run(p, event_keys, policy)
-        take = stop - start
-        cov_parts.append({k: np.asarray(v)[:take] for k, v in cov.items()})
-        row_parts.append({k: np.asarray(v)[:take] for k, v in rows.items()})
-        sum_parts.append({k: np.asarray(v)[:take] for k, v in summ.items()})
-        if progress is not None:
-            progress(stop, n)
-    elapsed = time.perf_counter() - t_start
-
-    cov = {k: np.concatenate([c[k] for c in cov_parts]) for k in cov_parts[0]}
-    rows = {k: np.concatenate([r[k] for r in row_parts]) for k in row_parts[0]}
-    summ = {k: np.concatenate([s[k] for s in sum_parts]) for k in sum_parts[0]}
-    ids = np.arange(n) if table is None else table.ids[:n]
-    patients = patient_table(ids, cov, rows, summ, settings)
-    observations = observation_table(ids, rows, settings) if record_rows else None
-    return CohortResult(config, patients, observations, compile_seconds, elapsed - compile_seconds)
-
-
-_EXECUTABLES: dict = {}
-
-
-def executable(jitted, settings, *args):
-    """Compiled engine for these settings and argument shapes (compiled once per process)."""
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves))
-    if key not in _EXECUTABLES:
-        _EXECUTABLES[key] = jitted.lower(*args).compile()
-    return _EXECUTABLES[key]
-
-
-def compiled_sampler(sampler: PopulationSampler, dtype):
-    def sample(keys):
-        cov, p = jax.vmap(sampler.individual)(keys)
-        return cov, jax.tree_util.tree_map(lambda x: x.astype(dtype), p)
-    return jax.jit(sample)
-
-
-@jax.jit
-def split_keys(keys):
-    both = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
-    return both[:, 0], both[:, 1]
-
-
-def patient_table(ids, cov, rows, summ, settings) -> pd.DataFrame:
-    """One row per patient: covariates, graded episodes, drugs, peaks, solver status."""
-    times = settings.times()
-    alive = rows["alive"]
-    df = {"patient_id": ids}
-    for name in (*COVARIATES, "easix", "m_easix", "car_dose_per_kg", "ld_intensity"):
-        df[name] = cov[name].astype(np.float64)
-    df["sex"] = np.where(cov["female"] > 0.5, "F", "M")
-    scales = [("crs", s) for s in settings.crs_scales] + [("icans", s) for s in settings.neuro_scales]
-    for kind, scale in scales:
-        grade = np.where(alive, rows[f"{kind}_grade_{scale}"], 0).astype(np.int64)
-        ep = episode_summary_grid(times, grade)
-        suffix = "" if scale == "astct" else f"_{scale}"
-        df[f"{kind}_max_grade{suffix}"] = ep["max_grade"]
-        df[f"{kind}_onset_day{suffix}"] = ep["onset_day"]
-        df[f"{kind}_resolution_day{suffix}"] = ep["resolution_day"]
-        df[f"{kind}_duration_days{suffix}"] = ep["duration_days"]
-        df[f"{kind}_episodes{suffix}"] = ep["episodes"]
-        if scale == "astct":
-            for g in range(1, 6):
-                df[f"{kind}_days_grade{g}"] = ep["days_grade"][:, g - 1]
-    died = ~alive[:, -1]
-    cause = rows.get("death_cause")
-    if cause is not None:
-        code = np.max(np.where(alive, cause, 0), axis=1)
-        df["death_cause"] = np.asarray(DEATH_CAUSE, dtype=object)[code]
-    else:
-        df["death_cause"] = np.where(died, np.where(df["crs_max_grade"] == 5, "crs", "icans"), "none")
-    last = np.where(died, times[np.argmin(alive, axis=1) - 1], np.nan)
-    df["death_day"] = last
-    df["tocilizumab_doses"] = summ["tocilizumab_doses"].astype(np.int64)
-    for name in ("tocilizumab_mg", "dexamethasone_mg", "methylprednisolone_mg", "anakinra_mg"):
-        df[name] = summ[name].astype(np.float64)
-    df["steroids_given"] = (summ["dexamethasone_mg"] + summ["methylprednisolone_mg"]) > 0
-    df["max_vasopressors"] = summ["max_vasopressors"].astype(np.int64)
-    df["positive_pressure_ventilation"] = summ["positive_pressure_ventilation"].astype(bool)
-    for key, value in summ.items():
-        if key.startswith(("peak_", "nadir_")):
-            df[key] = value.astype(np.float64)
-    df["solver_status"] = np.asarray([engine_mod.STATUS_NAMES[s] for s in range(3)], dtype=object)[summ["solver_status"]]
-    df["solver_max_error"] = summ["solver_max_error"].astype(np.float64)
-    return pd.DataFrame(df)
-
-
-def observation_table(ids, rows, settings) -> pd.DataFrame:
-    """The contract's observation table (rows after a death are not written)."""
-    n, n_rows = rows["alive"].shape
-    keep = rows["alive"].reshape(-1)
-    df = {"patient_id": np.repeat(ids, n_rows)[keep]}
-    skip = {"alive"}
-    for name, value in rows.items():
-        if name in skip:
-            continue
-        flat = value.reshape(-1)[keep]
-        if name in ENUM_COLUMNS:
-            df[name] = pd.Categorical.from_codes(flat.astype(np.int64), categories=list(ENUM_COLUMNS[name]))
-        elif name == "time_day":
-            df[name] = np.round(flat.astype(np.float64), 6)
-        elif name == "fio2":
-            # float32 0.21 is 0.2099999934; write the room-air value exactly.
-            df[name] = np.clip(flat.astype(np.float64), 0.21, 1.0)
-        elif flat.dtype == np.bool_:
-            df[name] = flat
-        elif np.issubdtype(flat.dtype, np.integer):
-            df[name] = flat.astype(np.int64)
-        else:
-            df[name] = flat.astype(np.float64)
-    out = pd.DataFrame(df)
-    first = ["patient_id", "time_day", "age_years", "temp_c", "hypotension", "vasopressors", "vasopressin",
-             "o2_device", "o2_flow_lpm", "fio2", "antipyretics_given", "tocilizumab_given", "steroids_given",
-             "ice_score", "capd_score", "consciousness", "seizure", "motor_weakness", "cerebral_edema",
-             "raised_icp_signs", "death_cause"]
-    ice_cols = [f"ice_{name}" for name in ICE_LOSS_ORDER]
-    rest = [c for c in out.columns if c not in first and c not in ice_cols]
-    return out[first + ice_cols + rest]
+            raise UserError(f"simulate_patient: unknown override {name!r}; allowed: a model parameter "
+                            f"(docs/model.md), a covariate ({', '.join(COVARIATES)}), days or policy")
+    cfg = replace(config, parameters=params, population=replace(config.population, marginals=marginals),
+                  engine=engine, policy=policy, batch_size=1)
+    plan = driver.plan(cfg, n=int(patient) + 1, seed=seed, record_rows=True)
+    sink = driver.MemorySink()
+    driver.run(plan, [(0, int(patient), int(patient) + 1)], sink)
+    return sink.observations()

@@ -10,21 +10,24 @@ writes
     DIR/observations/part-000000.parquet   their observation rows (unless --no-observations)
 
 Chunk c holds patients ``c*K .. min((c+1)*K, n) - 1``; patient i is simulated
-from ``fold_in(PRNGKey(seed), i)`` exactly as by `vpop.run.cohort.simulate`, so the
-dataset equals the plain run's tables, row for row. Each part is written to a
+from ``fold_in(PRNGKey(seed), i)`` by the same driver (`vpop.run.driver`), in the
+same place of the same batch, as by `vpop.run.cohort.simulate`, so the dataset
+equals the plain run's tables, row for row and bit for bit, whatever K
+(docs/scaling.md, "What is identical"). Each part is written to a
 hidden temporary name (``.part-000123.parquet.tmp-PID``, which Parquet readers
 ignore) and then renamed; the patients part is renamed last and is the mark
 that a chunk is done. `--resume` skips the done chunks, deletes stray
 temporary files, and refuses (UserError) a folder written by a different run
 (other config, n, seed, chunk size or observation setting).
 
-Memory: one chunk's arrays and tables at a time, so peak memory depends on the
-chunk size and batch size, not on n. The summary (`summarize_dataset`) reads
+Memory: one batch's arrays and tables at a time (a part is written batch by
+batch, one row group each), so peak memory depends on the batch size, not on
+n or K. The folder is locked while a run writes it (`vpop.run.folder`). The summary (`summarize_dataset`) reads
 only the few columns it needs, one part at a time, and keeps exact counts;
 onset medians and quartiles come from an exact histogram of onset days
 (mergeable counts per distinct value; onsets lie on the assessment grid, so
 there are at most `n_rows` distinct values), giving the same numbers as
-`cohort_summary` on the whole table.
+`cohort_summary` on the whole table (`vpop.run.endpoints.Summary`).
 
 Several processes (`jax.distributed`, one per host or per GPU) share the
 chunks: process i does chunks i, i+P, i+2P, ... into the same folder (see
@@ -40,19 +43,19 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from vpop.engine import course as engine_mod
-from vpop.policy import rules as policy_mod
 from vpop.engine import sharding
-from vpop.run.config import SimulationConfig
 from vpop.errors import UserError
-from vpop.stats import wilson_interval
+from vpop.run import budget, driver, folder
+from vpop.run.config import SimulationConfig
+from vpop.run.endpoints import Endpoint, Histogram, Summary, summary_endpoints
+from vpop.run.files import ParquetAppender, split_summary
 
 FORMAT = "vpop-stream/1"
 MANIFEST = "manifest.json"
@@ -60,8 +63,7 @@ PATIENTS = "patients"
 OBSERVATIONS = "observations"
 CHUNK_BATCHES = 4  # default chunk: this many batches
 
-SUMMARY_COLUMNS = ["solver_status", "crs_max_grade", "icans_max_grade", "crs_onset_day", "icans_onset_day",
-                   "tocilizumab_doses", "steroids_given", "death_cause"]
+SUMMARY_COLUMNS = Summary(summary_endpoints()).columns  # the patient columns the summary reads
 
 
 class _StopForTest(Exception):
@@ -171,12 +173,42 @@ def _check_manifest(out: Path, want: dict, resume: bool) -> None:
         raise UserError(f"--resume: {out} was written by a different run; " + "; ".join(wrong))
 
 
-def _write_part(df: pd.DataFrame, final: Path) -> None:
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    df.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+class _PartsSink:
+    """Each chunk into a hidden temporary part per table, renamed when the chunk is done (patients last)."""
+
+    def __init__(self, out: Path, stop_after_chunks: int | None = None):
+        self.out, self.stop_after, self.count = out, stop_after_chunks, 0
+        self.open: dict[str, ParquetAppender] = {}
+
+    def _tmp(self, sub: str, chunk: int) -> Path:
+        return self.out / sub / f".{part_name(chunk)}.tmp-{os.getpid()}"
+
+    def batch(self, chunk, patients, observations):
+        if not self.open:
+            self.open = {PATIENTS: ParquetAppender(self._tmp(PATIENTS, chunk))}
+            if observations is not None:
+                self.open[OBSERVATIONS] = ParquetAppender(self._tmp(OBSERVATIONS, chunk))
+        self.open[PATIENTS].append(patients)
+        if observations is not None:
+            self.open[OBSERVATIONS].append(observations)
+
+    def chunk_done(self, chunk):
+        if OBSERVATIONS in self.open:
+            self.open[OBSERVATIONS].close(sync=True)
+            os.replace(self._tmp(OBSERVATIONS, chunk), self.out / OBSERVATIONS / part_name(chunk))
+        if self.stop_after is not None and self.count >= self.stop_after:
+            # Simulate a kill in the middle of writing: a half-written temporary, no rename.
+            self.open[PATIENTS].close()
+            self._tmp(PATIENTS, chunk).write_bytes(b"PAR1 half-written")
+            raise _StopForTest(f"stopped after {self.count} chunks")
+        self.open[PATIENTS].close(sync=True)
+        os.replace(self._tmp(PATIENTS, chunk), self.out / PATIENTS / part_name(chunk))
+        self.open = {}
+        self.count += 1
+
+    def abort(self):
+        for appender in self.open.values():
+            appender.close()
 
 
 def simulate_stream(
@@ -192,6 +224,8 @@ def simulate_stream(
     process_count: int | None = None,
     stop_after_chunks: int | None = None,
     write_config: dict | None = None,
+    stage: Callable[[str], None] | None = None,
+    on_estimate: Callable[[budget.Estimate], None] | None = None,
 ) -> StreamResult:
     """Simulate the cohort chunk by chunk into `out` (see the module docstring).
 
@@ -199,21 +233,10 @@ def simulate_stream(
     including those done before a resume. `stop_after_chunks` (tests) stops
     as if killed after that many chunks, leaving a stray temporary file.
     Several processes: pass or let jax give `process_index`/`process_count`;
-    they behave as `resume=True` (the folder is shared).
+    they behave as `resume=True` (the folder is shared, and not locked).
     """
-    from vpop.run import cohort as cohort_mod
-    from vpop.population.sampler import PopulationSampler, patient_keys
-
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
-    try:
-        from vpop.population import patient_table as table_mod
-        table = table_mod.table_of(config)
-    except ImportError:  # pragma: no cover
-        table_mod, table = None, None
-    n = (config.n if n is None else int(n)) if table is None else table.cohort_size(n)
-    seed = config.seed if seed is None else int(seed)
+    plan = driver.plan(config, n, seed, record_rows)
+    n, seed = plan.n, plan.seed
     chunk_size = default_chunk_size(config) if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
         raise UserError(f"--chunk-size: got {chunk_size}; allowed: an integer >= 1")
@@ -225,28 +248,10 @@ def simulate_stream(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a folder")
     want = _manifest(config, n, seed, chunk_size, record_rows)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, want, resume)
-    (out / PATIENTS).mkdir(exist_ok=True)
-    if record_rows:
-        (out / OBSERVATIONS).mkdir(exist_ok=True)
-    if not (out / MANIFEST).exists():
-        _atomic_write_text(out / MANIFEST, json.dumps(want, indent=2) + "\n")
-    if write_config is not None and pi == 0:
-        import yaml
-        _atomic_write_text(out / "config.yaml", yaml.safe_dump(write_config, sort_keys=False))
-
+    if out.exists():
+        _check_manifest(out, want, resume)
     n_chunks = want["n_chunks"]
     mine = list(sharding.process_share(n_chunks, pi, pc))
-    mine_set = set(mine)
-    for sub in (PATIENTS, OBSERVATIONS):  # stray temporaries of this process's chunks (a killed run)
-        for tmp in (out / sub).glob(".part-*.parquet.tmp-*") if (out / sub).exists() else ():
-            try:
-                chunk = int(tmp.name.split("-")[1].split(".")[0])
-            except (IndexError, ValueError):
-                continue
-            if chunk in mine_set:
-                tmp.unlink(missing_ok=True)
 
     def bounds(c):
         return c * chunk_size, min((c + 1) * chunk_size, n)
@@ -256,159 +261,72 @@ def simulate_stream(
 
     todo = [c for c in mine if not done(c)]
     total = sum(b - a for a, b in map(bounds, mine))
-    finished = total - sum(b - a for a, b in map(bounds, todo))
-    if progress is not None:
-        progress(finished, total)
+    n_todo = sum(b - a for a, b in map(bounds, todo))
+    est = budget.check(plan, out, n_todo=n_todo)
+    if on_estimate is not None and todo:
+        on_estimate(budget.estimate(plan, n_todo))
 
-    batch = sharding.global_batch(config.batch_size, min(chunk_size, n))  # batch_size per device
-    settings = replace(config.engine, record_rows=record_rows)
-    sampler = PopulationSampler(config.population, config.parameters)
-    policy_mod.check_scales(config.policy, config.engine.crs_scales, config.engine.neuro_scales,
-                            f"policy {config.policy.name!r}")
-    policy = config.policy.to_arrays(dtype)
-    sample = cohort_mod.compiled_sampler(sampler, dtype)
-    sample_given = table_mod.given_sampler(sampler, dtype) if table is not None else None
-    run = sharding.batch_function(settings)
-
-    t_start = time.perf_counter()
-    compile_seconds = 0.0
-    compiled = False
-    for count, c in enumerate(todo):
-        lo, hi = bounds(c)
-        cov_parts, row_parts, sum_parts = [], [], []
-        for start in range(lo, hi, batch):
-            stop = min(start + batch, hi)
-            ids = cohort_mod.padded_ids(start, hi, batch)
-            if table is None:
-                pop_keys, event_keys = cohort_mod.split_keys(patient_keys(seed, ids))
-                cov, p = sample(pop_keys)
-            else:
-                keys, given, eta = table_mod.batch_rows(table, ids, seed)
-                pop_keys, event_keys = cohort_mod.split_keys(keys)
-                cov, p = sample_given(pop_keys, given, eta)
-            if not compiled:
-                t0 = time.perf_counter()
-                run = cohort_mod.executable(run, settings, p, event_keys, policy)
-                compile_seconds = time.perf_counter() - t0
-                compiled = True
-            rows, summ = run(p, event_keys, policy)
-            take = stop - start
-            cov_parts.append({k: np.asarray(v)[:take] for k, v in cov.items()})
-            row_parts.append({k: np.asarray(v)[:take] for k, v in rows.items()})
-            sum_parts.append({k: np.asarray(v)[:take] for k, v in summ.items()})
-            del rows, summ, cov, p
-        cov = {k: np.concatenate([x[k] for x in cov_parts]) for k in cov_parts[0]}
-        rows = {k: np.concatenate([x[k] for x in row_parts]) for k in row_parts[0]}
-        summ = {k: np.concatenate([x[k] for x in sum_parts]) for k in sum_parts[0]}
-        del cov_parts, row_parts, sum_parts
-        ids = np.arange(lo, hi) if table is None else table.ids[lo:hi]
+    claim = folder.claim(out, lock=pc == 1)
+    try:
+        _check_manifest(out, want, resume)  # again, under the lock
+        (out / PATIENTS).mkdir(exist_ok=True)
         if record_rows:
-            obs = cohort_mod.observation_table(ids, rows, settings)
-            _write_part(obs, out / OBSERVATIONS / part_name(c))
-            del obs
-        patients = cohort_mod.patient_table(ids, cov, rows, summ, settings)
-        del rows
-        if stop_after_chunks is not None and count >= stop_after_chunks:
-            # Simulate a kill in the middle of writing: a half-written temporary, no rename.
-            (out / PATIENTS / f".{part_name(c)}.tmp-{os.getpid()}").write_bytes(b"PAR1 half-written")
-            raise _StopForTest(f"stopped after {count} chunks")
-        _write_part(patients, out / PATIENTS / part_name(c))
-        del patients
-        finished += hi - lo
+            (out / OBSERVATIONS).mkdir(exist_ok=True)
+        if not (out / MANIFEST).exists():
+            _atomic_write_text(out / MANIFEST, json.dumps(want, indent=2) + "\n")
+        if write_config is not None and pi == 0:
+            import yaml
+            _atomic_write_text(out / "config.yaml", yaml.safe_dump(write_config, sort_keys=False))
+        mine_set = set(mine)
+        for sub in (PATIENTS, OBSERVATIONS):  # stray temporaries of this process's chunks (a killed run)
+            for tmp in (out / sub).glob(".part-*.parquet.tmp-*") if (out / sub).exists() else ():
+                try:
+                    chunk = int(tmp.name.split("-")[1].split(".")[0])
+                except (IndexError, ValueError):
+                    continue
+                if chunk in mine_set:
+                    tmp.unlink(missing_ok=True)
+        finished = total - n_todo
         if progress is not None:
             progress(finished, total)
-    elapsed = time.perf_counter() - t_start
+        sink = _PartsSink(out, stop_after_chunks)
+        try:
+            stats = driver.run(plan, [(c, *bounds(c)) for c in todo], sink, progress=progress, stage=stage,
+                               done_before=finished, total=total)
+        finally:
+            sink.abort()
+    finally:
+        claim.release()
 
     chunks_done = sum(done(c) for c in range(n_chunks))
     result = StreamResult(config, out, n, seed, chunk_size, n_chunks, chunks_done, len(todo),
-                          compile_seconds, elapsed - compile_seconds)
+                          stats.compile_seconds, stats.run_seconds)
+    result.extra["estimate"] = est
     if result.complete:
-        result.summary, info = summarize_dataset(out)
+        table, info = summarize_dataset(out, plan.endpoints)
+        result.summary, result.extra["trial_summary"] = split_summary(plan, table)
         result.n_failed, result.n_inaccurate = info["n_failed"], info["n_inaccurate"]
         result.extra.update(info)
     return result
 
 
-class _Histogram:
-    """Exact counts per distinct value: mergeable, exact quantiles."""
-
-    def __init__(self):
-        self.counts: dict[float, int] = {}
-
-    def add(self, values: np.ndarray) -> None:
-        values = values[~np.isnan(values)]
-        for v, k in zip(*np.unique(values, return_counts=True)):
-            self.counts[float(v)] = self.counts.get(float(v), 0) + int(k)
-
-    @property
-    def n(self) -> int:
-        return sum(self.counts.values())
-
-    def quantile(self, q: float) -> float:
-        """As `pandas.Series.quantile(q)` (linear interpolation) of the values counted."""
-        m = self.n
-        if m == 0:
-            return float("nan")
-        values = np.array(sorted(self.counts))
-        cum = np.cumsum([self.counts[v] for v in values])
-        h = (m - 1) * q
-        lo = int(np.floor(h))
-        hi = min(lo + 1, m - 1)
-        at = lambda r: values[np.searchsorted(cum, r, side="right")]
-        return float(np.quantile(np.array([at(lo), at(hi)]), h - lo))
+_Histogram = Histogram  # the exact mergeable histogram (kept under its old name)
 
 
-def summarize_dataset(out: str | Path) -> tuple[pd.DataFrame, dict]:
+def summarize_dataset(out: str | Path, endpoints: Sequence[Endpoint] | None = None) -> tuple[pd.DataFrame, dict]:
     """`cohort_summary` of a streamed run, reading a few columns of one part at a time.
 
-    Returns (the summary table, info: n, n_failed, n_inaccurate, parts).
+    `endpoints`: default the terminal summary's (ASTCT). Returns (the summary
+    table, info: n, n_failed, n_inaccurate, parts).
     """
-    folder = Path(out) / PATIENTS
-    rates = {k: 0 for k in ("crs1", "crs3", "icans1", "icans3", "toci", "steroids", "died")}
-    onset = {"crs": _Histogram(), "icans": _Histogram()}
-    n_ok = n_all = n_failed = n_inaccurate = 0
-    parts = sorted(folder.glob("part-*.parquet"))
+    folder_ = Path(out) / PATIENTS
+    summary = Summary(summary_endpoints() if endpoints is None else endpoints)
+    parts = sorted(folder_.glob("part-*.parquet"))
     for path in parts:
-        df = pd.read_parquet(path, columns=SUMMARY_COLUMNS)
-        n_all += len(df)
-        status = df["solver_status"].to_numpy()
-        n_failed += int((status == "nonfinite").sum())
-        n_inaccurate += int((status == "inaccurate").sum())
-        ok = df[status != "nonfinite"]
-        n_ok += len(ok)
-        rates["crs1"] += int((ok["crs_max_grade"] >= 1).sum())
-        rates["crs3"] += int((ok["crs_max_grade"] >= 3).sum())
-        rates["icans1"] += int((ok["icans_max_grade"] >= 1).sum())
-        rates["icans3"] += int((ok["icans_max_grade"] >= 3).sum())
-        rates["toci"] += int((ok["tocilizumab_doses"] > 0).sum())
-        rates["steroids"] += int(ok["steroids_given"].sum())
-        rates["died"] += int(ok["death_cause"].isin(["crs", "icans"]).sum())
-        onset["crs"].add(ok["crs_onset_day"].to_numpy(np.float64))
-        onset["icans"].add(ok["icans_onset_day"].to_numpy(np.float64))
-        del df, ok
-
-    rows = []
-
-    def rate(label, k):
-        lo, hi = wilson_interval(k, n_ok)
-        rows.append({"endpoint": label, "value": k / n_ok if n_ok else float("nan"), "ci_low": lo, "ci_high": hi,
-                     "count": k, "n": n_ok, "unit": "fraction"})
-
-    def median(label, hist):
-        rows.append({"endpoint": label, "value": hist.quantile(0.5), "ci_low": hist.quantile(0.25),
-                     "ci_high": hist.quantile(0.75), "count": hist.n, "n": n_ok, "unit": "day (IQR)"})
-
-    rate("CRS any grade", rates["crs1"])
-    rate("CRS grade >= 3", rates["crs3"])
-    rate("ICANS any grade", rates["icans1"])
-    rate("ICANS grade >= 3", rates["icans3"])
-    median("CRS onset", onset["crs"])
-    median("ICANS onset", onset["icans"])
-    rate("tocilizumab given", rates["toci"])
-    rate("corticosteroids given", rates["steroids"])
-    rate("died of CRS or ICANS", rates["died"])
-    info = {"n": n_all, "n_failed": n_failed, "n_inaccurate": n_inaccurate, "parts": len(parts)}
-    return pd.DataFrame(rows), info
+        summary.add(pd.read_parquet(path, columns=summary.columns))
+    info = {"n": summary.n_all, "n_failed": summary.n_failed, "n_inaccurate": summary.n_inaccurate,
+            "parts": len(parts)}
+    return summary.table(), info
 
 
 def verify_dataset(out: str | Path) -> int:

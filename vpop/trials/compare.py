@@ -47,6 +47,7 @@ import pandas as pd
 from vpop.errors import ConfigError, UserError
 from vpop.observation.encoding import POSITIVE_PRESSURE
 from vpop.policy.rules import PRESETS, PolicySettings, with_overrides
+from vpop.run import endpoints
 from vpop.stats import wilson_interval
 
 Z95 = 1.959963984540054
@@ -55,57 +56,42 @@ Z95 = 1.959963984540054
 # --- endpoints -------------------------------------------------------------------
 
 
-def _grade_col(kind: str, scale: str) -> str:
-    return f"{kind}_max_grade" if scale == "astct" else f"{kind}_max_grade_{scale}"
-
-
 def endpoint_names(crs_scales: Sequence[str] = ("astct",), icans_scales: Sequence[str] = ("astct",),
                    observations: bool = True) -> list[str]:
-    names = []
-    for kind, scales in (("CRS", crs_scales), ("ICANS", icans_scales)):
-        for s in scales:
-            names += [f"{kind} any grade ({s})", f"{kind} grade >= 3 ({s})", f"{kind} grade 4-5 ({s})"]
-    names += ["tocilizumab given", "corticosteroids given", "died of CRS or ICANS"]
+    names = [e.name for e in _graded(crs_scales, icans_scales)] + [e.name for e in endpoints.DRUG_AND_DEATH]
     if observations:
-        names += ["vasopressors", "positive-pressure ventilation", "ICU-level support"]
+        names += [e.name for e in endpoints.ICU_ENDPOINTS]
     return names
+
+
+def _graded(crs_scales, icans_scales) -> list:
+    return endpoints.graded_endpoints("crs", crs_scales) + endpoints.graded_endpoints("icans", icans_scales)
 
 
 def patient_endpoints(patients: pd.DataFrame, observations: pd.DataFrame | None = None,
                       crs_scales: Sequence[str] = ("astct",), icans_scales: Sequence[str] = ("astct",)) -> pd.DataFrame:
-    """Yes/no endpoints per patient (index: patient_id; columns: `endpoint_names`)."""
-    out = {}
+    """Yes/no endpoints per patient (index: patient_id; columns: `endpoint_names`), from `vpop.run.endpoints`."""
     for kind, scales in (("crs", crs_scales), ("icans", icans_scales)):
-        label = kind.upper()
         for s in scales:
-            col = _grade_col(kind, s)
+            col = endpoints.grade_column(kind, s)
             if col not in patients.columns:
-                raise UserError(f"endpoint: the {label} scale {s!r} was not simulated (column {col} missing)")
-            g = patients[col].to_numpy()
-            out[f"{label} any grade ({s})"] = g >= 1
-            out[f"{label} grade >= 3 ({s})"] = g >= 3
-            out[f"{label} grade 4-5 ({s})"] = g >= 4
-    out["tocilizumab given"] = patients["tocilizumab_doses"].to_numpy() > 0
-    out["corticosteroids given"] = patients["steroids_given"].to_numpy().astype(bool)
-    out["died of CRS or ICANS"] = patients["death_cause"].isin(["crs", "icans"]).to_numpy()
+                raise UserError(f"endpoint: the {kind.upper()} scale {s!r} was not simulated (column {col} missing)")
+    chosen = _graded(crs_scales, icans_scales) + list(endpoints.DRUG_AND_DEATH)
     if "max_vasopressors" in patients.columns:  # the engine tracks ICU-level support itself
-        vaso = patients["max_vasopressors"].to_numpy() >= 1
-        ppv = patients["positive_pressure_ventilation"].to_numpy().astype(bool)
-    elif observations is not None:  # patient tables from elsewhere: derive it from the charted rows
+        chosen += list(endpoints.ICU_ENDPOINTS)
+    df = endpoints.flags(patients, chosen)
+    if "max_vasopressors" not in patients.columns and observations is not None:
+        # patient tables from elsewhere: derive ICU-level support from the charted rows
         g = observations.groupby("patient_id", observed=True)
         vaso = (g["vasopressors"].max() >= 1)
         ppv = observations["o2_device"].astype(str).isin(POSITIVE_PRESSURE).groupby(observations["patient_id"]).any()
         ids = patients["patient_id"]
         vaso = vaso.reindex(ids).fillna(False).to_numpy().astype(bool)
         ppv = ppv.reindex(ids).fillna(False).to_numpy().astype(bool)
-    else:
-        vaso = ppv = None
-    if vaso is not None:
-        out["vasopressors"] = vaso
-        out["positive-pressure ventilation"] = ppv
-        out["ICU-level support"] = vaso | ppv
-    df = pd.DataFrame(out, index=pd.Index(patients["patient_id"].to_numpy(), name="patient_id"))
-    df.attrs["ok"] = (patients["solver_status"] != "nonfinite").to_numpy() if "solver_status" in patients else None
+        df[endpoints.VASOPRESSORS.name] = vaso
+        df[endpoints.POSITIVE_PRESSURE.name] = ppv
+        df[endpoints.ICU_LEVEL.name] = vaso | ppv
+    df.attrs["ok"] = ~endpoints.failed(patients) if "solver_status" in patients else None
     return df
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import UserError
+from vpop.run import endpoints
 
 FEATURES = ("temp_max", "log_il6_max", "log_crp_L", "log_ferritin_L", "log_easix0")
 
@@ -58,10 +59,8 @@ def early_features(patients: pd.DataFrame, observations: pd.DataFrame, landmark_
     severe_early = (g[crs_col].max().reindex(ids).fillna(0) >= grade) | (g[icans_col].max().reindex(ids).fillna(0) >= grade)
     last_time = obs.groupby("patient_id")["time_day"].max().reindex(ids)
     died_by_l = patients["death_day"].to_numpy(dtype=float) <= t_l if "death_day" in patients else np.zeros(len(ids), bool)
-    crs_max = patients["crs_max_grade" if scale == "astct" else f"crs_max_grade_{scale}"].to_numpy()
-    icans_max = patients["icans_max_grade" if scale == "astct" else f"icans_max_grade_{scale}"].to_numpy()
-    ok = (patients["solver_status"] != "nonfinite").to_numpy() if "solver_status" in patients else True
-    feats["outcome"] = (crs_max >= grade) | (icans_max >= grade)
+    ok = ~endpoints.failed(patients) if "solver_status" in patients else True
+    feats["outcome"] = endpoints.severe(patients, grade, scale)
     feats["at_risk"] = ok & ~severe_early.to_numpy() & ~np.nan_to_num(died_by_l, nan=0).astype(bool) & (
         last_time.to_numpy() > t_l) & feats[list(FEATURES)].notna().all(axis=1).to_numpy()
     return feats

@@ -60,6 +60,7 @@ from vpop.trials.compare import patient_endpoints, resolve_policy
 from vpop.errors import ConfigError
 from vpop.fitting.posterior import file_digest
 from vpop.model.parameters import TABLE
+from vpop.run import endpoints, folder
 from vpop.stats import wilson_interval
 
 MARGINAL_FIELDS = ("center", "spread", "low", "high")
@@ -321,8 +322,7 @@ def cell_table(patients: pd.DataFrame, scales: list[str], crs_scales, neuro_scal
     """Tidy endpoint rows of one simulated cell (without the factor columns)."""
     crs = [s for s in scales if s in crs_scales]
     neuro = [s for s in scales if s in neuro_scales]
-    ok = patients["solver_status"] != "nonfinite"
-    pts = patients[ok.to_numpy()]
+    pts = patients[~endpoints.failed(patients)]
     ep = patient_endpoints(pts, None, crs, neuro)
     n = len(pts)
     rows = []
@@ -335,9 +335,8 @@ def cell_table(patients: pd.DataFrame, scales: list[str], crs_scales, neuro_scal
                      "ci_low": lo, "ci_high": hi, "count": k, "n": n})
     for kind, ss in (("crs", crs), ("icans", neuro)):
         for s in ss:
-            suffix = "" if s == "astct" else f"_{s}"
             for what in ("onset_day", "duration_days"):
-                col = f"{kind}_{what}{suffix}"
+                col = endpoints.day_column(kind, what, s)
                 if col not in pts.columns:
                     continue
                 vals = pts[col].dropna().to_numpy()
@@ -410,17 +409,22 @@ class SweepRun:
 def run_sweep(path: str | Path, out: str | Path, n: int | None = None,
               progress: Callable[[str], None] | None = None) -> SweepRun:
     """Run (or resume) a sweep; returns the tidy table (also written to out/sweep.csv)."""
-    from vpop.run.cohort import simulate
-
     spec = load_sweep(path)
     if n is not None:
         spec = replace(spec, n=int(n))
     out = Path(out)
     cells_dir = out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
     cells = cells_of(spec)
-    configs = [cell_config(spec, c) for c in cells]  # every cell checked before any runs
+    configs = [cell_config(spec, c) for c in cells]  # every cell checked before anything is written
     draws = _posterior_draws(spec) if spec.posterior is not None else None
+    with folder.claim(cells_dir, flag="OUT"):  # writable, one sweep at a time; removed if it fails empty
+        return _run_cells(spec, out, cells, configs, draws, progress)
+
+
+def _run_cells(spec, out: Path, cells, configs, draws, progress) -> SweepRun:
+    from vpop.run.cohort import simulate
+
+    cells_dir = out / "cells"
     parts, ran, skipped = [], 0, 0
     for cell, cfg in zip(cells, configs):
         file = cells_dir / f"{cell_key(spec, cell, cfg)}.csv"

@@ -1,0 +1,256 @@
+"""The cohort driver: the one batch loop behind `vpop.simulate`, `vpop simulate` and `--stream`.
+
+    plan = driver.plan(config, n=10_000, seed=0)
+    stats = driver.run(plan, [(0, 0, plan.n)], sink)     # chunks: (index, first id, stop id)
+
+Patient i is simulated from `fold_in(PRNGKey(seed), i)`. Batches are aligned
+on patient ids: batch b holds ids ``b*B .. (b+1)*B - 1`` (B = `plan.batch`,
+the last one padded by repeating the last patient), whatever the chunk
+asked for. So patient i sits at the same place of the same compiled program
+in a plain run and in a streamed run of any chunk size, and its outputs are
+bit for bit the same (docs/scaling.md, "What is identical").
+
+After each batch the driver hands the sink that batch's patient table and
+observation table (`sink.batch`), and the sink's `chunk_done(index)` when a
+chunk is complete; sinks keep them in memory (`MemorySink`) or write them
+(`vpop.run.files`, `vpop.run.streaming`). A `Summary` of the endpoints
+(`vpop.run.endpoints`) is fed every batch, so a summary needs no table.
+
+Precision follows the config: a float64 config runs inside
+`jax.enable_x64(True)` (a scoped setting), never a global flip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from vpop.engine import sharding
+from vpop.errors import UserError
+from vpop.policy import rules as policy_mod
+from vpop.population import patient_table as patient_table_mod
+from vpop.population.sampler import PopulationSampler, patient_keys
+from vpop.run import tables
+from vpop.run.endpoints import Summary, summary_endpoints, trial_scales
+
+
+def precision(dtype: str):
+    """The JAX precision a config asks for, as a context (float64 is scoped, not global)."""
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def jnp_dtype(dtype: str):
+    return jnp.float64 if dtype == "float64" else jnp.float32
+
+
+# --- compiled pieces, cached per process -------------------------------------------------------
+
+EXECUTABLES: dict = {}
+
+
+def executable(jitted, settings, *args):
+    """Compiled engine for these settings and argument shapes (compiled once per process)."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves), jax.config.jax_enable_x64)
+    if key not in EXECUTABLES:
+        EXECUTABLES[key] = jitted.lower(*args).compile()
+    return EXECUTABLES[key]
+
+
+def _sampler_key(sampler: PopulationSampler) -> str:
+    """What determines a sampler's draws: its specification and typical values."""
+    return repr((sampler.spec, sorted(sampler.typical.items())))
+
+
+_SAMPLERS: dict = {}
+
+
+def compiled_sampler(sampler: PopulationSampler, dtype):
+    """`jit(vmap(sampler.individual))`, one per (sampler specification, dtype): equal samplers share it.
+
+    A sweep builds a new sampler for every cell; cells with the same population
+    and parameters reuse the compiled sampler instead of compiling it again.
+    """
+    key = (_sampler_key(sampler), jnp.dtype(dtype).name)
+    if key not in _SAMPLERS:
+        if len(_SAMPLERS) >= 64:  # bounded: drop the oldest
+            _SAMPLERS.pop(next(iter(_SAMPLERS)))
+
+        def sample(keys):
+            cov, p = jax.vmap(sampler.individual)(keys)
+            return cov, jax.tree_util.tree_map(lambda x: x.astype(dtype), p)
+
+        _SAMPLERS[key] = jax.jit(sample)
+    return _SAMPLERS[key]
+
+
+@jax.jit
+def split_keys(keys):
+    both = jax.vmap(lambda k: jax.random.split(k, 2))(keys)
+    return both[:, 0], both[:, 1]
+
+
+def padded_ids(start: int, stop: int, batch: int) -> np.ndarray:
+    ids = np.arange(start, start + batch)
+    return np.minimum(ids, stop - 1)  # padding repeats the last patient; trimmed after
+
+
+# --- the plan of a run -------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything fixed before the first patient: sizes, settings, the compiled pieces."""
+
+    config: object
+    n: int
+    seed: int
+    record_rows: bool
+    settings: object  # EngineSettings with record_rows
+    batch: int  # patients per engine call (all local devices)
+    table: object | None  # a patient table (population.patients_file), or None to sample
+    endpoints: list = field(default_factory=list)
+
+    @property
+    def ids(self) -> np.ndarray | None:
+        return None if self.table is None else self.table.ids
+
+
+def plan(config, n: int | None = None, seed: int | None = None, record_rows: bool = True) -> Plan:
+    """Check and size a run (UserError for an impossible one); nothing is compiled or written."""
+    table = patient_table_mod.table_of(config)
+    n = (config.n if n is None else int(n)) if table is None else table.cohort_size(n)
+    seed = config.seed if seed is None else int(seed)
+    if n < 1:
+        raise UserError(f"n: got {n}; allowed: an integer >= 1")
+    if seed < 0:
+        raise UserError(f"seed: got {seed}; allowed: an integer >= 0")
+    policy_mod.check_scales(config.policy, config.engine.crs_scales, config.engine.neuro_scales,
+                            f"policy {config.policy.name!r}")
+    endpoints = summary_endpoints()
+    trial = trial_scales(config)
+    if trial is not None:
+        endpoints += summary_endpoints(trial[1], trial[2], drugs=False)
+    batch = sharding.global_batch(config.batch_size, n)  # batch_size per device
+    return Plan(config, n, seed, record_rows, replace(config.engine, record_rows=record_rows), batch, table,
+                endpoints)
+
+
+# --- sinks -------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    def batch(self, chunk: int, patients: pd.DataFrame, observations: pd.DataFrame | None) -> None: ...
+
+    def chunk_done(self, chunk: int) -> None: ...
+
+
+class MemorySink:
+    """Keeps every batch's tables: `patients()` and `observations()` concatenate them."""
+
+    def __init__(self):
+        self.patient_parts: list[pd.DataFrame] = []
+        self.observation_parts: list[pd.DataFrame] = []
+
+    def batch(self, chunk, patients, observations):
+        self.patient_parts.append(patients)
+        if observations is not None:
+            self.observation_parts.append(observations)
+
+    def chunk_done(self, chunk):
+        pass
+
+    def patients(self) -> pd.DataFrame:
+        return _concat(self.patient_parts)
+
+    def observations(self) -> pd.DataFrame | None:
+        return _concat(self.observation_parts) if self.observation_parts else None
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return parts[0].reset_index(drop=True) if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+# --- the batch loop ----------------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    compile_seconds: float
+    run_seconds: float
+    summary: Summary
+    batches: int
+
+
+def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
+        progress: Callable[[int, int], None] | None = None, stage: Callable[[str], None] | None = None,
+        done_before: int = 0, total: int | None = None, after_chunk: Callable[[int], None] | None = None) -> RunStats:
+    """Simulate `chunks` ((index, first id, stop id), in order) batch by batch into `sink`.
+
+    `progress(done, total)` after every batch (patients, counting `done_before`);
+    `stage("compiling")` before the engine compiles and `stage("simulating")`
+    after. Returns timings and the summary of the patients simulated here.
+    """
+    config = plan.config
+    total = sum(hi - lo for _, lo, hi in chunks) + done_before if total is None else total
+    summary = Summary(plan.endpoints)
+    B = plan.batch
+    with precision(config.dtype):
+        dtype = jnp_dtype(config.dtype)
+        sampler = PopulationSampler(config.population, config.parameters)
+        policy = config.policy.to_arrays(dtype)
+        if plan.table is None:
+            sample = compiled_sampler(sampler, dtype)
+        else:
+            sample_given = patient_table_mod.given_sampler(sampler, dtype)
+        engine = sharding.batch_function(plan.settings)
+        compiled = None
+        compile_seconds = 0.0
+        done, batches = done_before, 0
+        t_start = time.perf_counter()
+        for index, lo, hi in chunks:
+            for start in range((lo // B) * B, hi, B):  # batches aligned on patient ids
+                ids = padded_ids(start, plan.n, B)
+                if plan.table is None:
+                    pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
+                    cov, p = sample(pop_keys)
+                else:
+                    keys, given, eta = patient_table_mod.batch_rows(plan.table, ids, plan.seed)
+                    pop_keys, event_keys = split_keys(keys)
+                    cov, p = sample_given(pop_keys, given, eta)
+                if compiled is None:
+                    if stage is not None:
+                        stage("compiling")
+                    t0 = time.perf_counter()
+                    compiled = executable(engine, plan.settings, p, event_keys, policy)
+                    compile_seconds = time.perf_counter() - t0
+                    if stage is not None:
+                        stage("simulating")
+                rows, summ = compiled(p, event_keys, policy)
+                a, b = max(lo, start) - start, min(hi, start + B) - start  # this chunk's part of the batch
+                cov = {k: np.asarray(v)[a:b] for k, v in cov.items()}
+                rows = {k: np.asarray(v)[a:b] for k, v in rows.items()}
+                summ = {k: np.asarray(v)[a:b] for k, v in summ.items()}
+                pid = np.arange(start + a, start + b) if plan.table is None else plan.table.ids[start + a:start + b]
+                obs = tables.observation_table(pid, rows, plan.settings) if plan.record_rows else None
+                patients = tables.patient_table(pid, cov, rows, summ, plan.settings)
+                del rows, summ, cov, p
+                summary.add(patients[summary.columns])
+                sink.batch(index, patients, obs)
+                del patients, obs
+                done += b - a
+                batches += 1
+                if progress is not None:
+                    progress(done, total)
+            sink.chunk_done(index)
+            if after_chunk is not None:
+                after_chunk(index)
+    elapsed = time.perf_counter() - t_start
+    return RunStats(compile_seconds, elapsed - compile_seconds, summary, batches)
