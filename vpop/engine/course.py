@@ -25,21 +25,20 @@ seed nor parameter values trigger a recompilation.
 from __future__ import annotations
 
 import functools
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vpop.model import equations as model
-
+from vpop.model.spec import BASE, Model
 from vpop.policy import rules as policy_mod
-
 from vpop.observation import readouts
 from vpop.grading import astct
 from vpop.observation.encoding import DEATH_CAUSE, O2_CPAP
-from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES
+from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES, grade_row
 from vpop.solver.etdrk import integrate_interval
 
 
@@ -78,6 +77,10 @@ class EngineSettings:
     # Chart times per assessment interval; 0 charts hourly (the bedside default). The fitting solve
     # uses fewer steps per interval and charts once per step group.
     charts_per_interval: int = 0
+    # The model (states, drugs, equations; `vpop.model.spec.Model.extend` adds to it) and the
+    # management rules (`vpop.policy.rules`, composed with `chain`): static, so they compile in.
+    model: Model = field(default=BASE, repr=False)
+    rule: policy_mod.Rule = field(default=policy_mod.STANDARD, repr=False)
 
     @property
     def chart_marks(self) -> int:
@@ -109,35 +112,28 @@ def severity_signs(worst, y, p):
     return fever_rise, p["map_baseline"] + neg_map, fio2_need, neuro_max, y[model.IDX["leak"]]
 
 
-def _call(fn, row, **extra):
-    names = inspect.signature(getattr(fn, "__wrapped__", fn)).parameters
-    args = {k: row[k] for k in names if k in row}
-    args.update(extra)
-    return fn(**args)
-
-
 def _observe(t, y, worst, carry, p, key, k, settings: EngineSettings):
     """The observation row at assessment k (before this assessment's doses)."""
     fever_rise, neg_map, fio2_need, neuro_max, qalb_max, csf_il6_max = worst
-    temp = 37.0 + fever_rise * (1.0 - p["antipyretic_effect"] * carry["antipyretic_active"])
+    temp = 37.0 + fever_rise * (1.0 - p["antipyretic_effect"] * carry.antipyretic_active)
     map_min = -neg_map
     hypotension, pressors, vasopressin, ne_dose = readouts.haemodynamics(map_min, p)
     on_pressor = (pressors >= 1) | vasopressin
-    vaso_start = jnp.where(on_pressor, jnp.where(carry["vaso_start"] < -1e8, t, carry["vaso_start"]), -1e9)
+    vaso_start = jnp.where(on_pressor, jnp.where(carry.vaso_start < -1e8, t, carry.vaso_start), -1e9)
     device, flow, fio2 = readouts.oxygen(fio2_need, p)
     items, ice, consciousness, motor, edema, capd = readouts.neurology(neuro_max, qalb_max, p)
     seizure = readouts.seizure(neuro_max, jnp.asarray(settings.dt, t.dtype), key, k, p)
     creatinine_grade, transaminitis_grade = readouts.organ_toxicity(y, p)
     pediatric = p["age_years"] < 12.0
     fever_now = temp >= 38.0
-    fever_rows = jnp.where(fever_now, carry["fever_rows"] + 1, 0)
-    recently_treated = (t - carry["last_anticytokine"]) <= 1.0 + 1e-6
+    fever_rows = jnp.where(fever_now, carry.fever_rows + 1, 0)
+    recently_treated = (t - carry.last_anticytokine) <= 1.0 + 1e-6
 
     # Death: refractory shock (CRS) or persisting diffuse cerebral oedema (ICANS).
     diffuse = edema == readouts.EDEMA["diffuse"]
     crs_death = y[model.IDX["shock"]] >= p["shock_death_burden"]
-    icans_death = diffuse & carry["prev_diffuse"] & (neuro_max >= p["loc_unarousable"])
-    dies_now = carry["alive"] & (crs_death | icans_death)
+    icans_death = diffuse & carry.prev_diffuse & (neuro_max >= p["loc_unarousable"])
+    dies_now = carry.alive & (crs_death | icans_death)
     death_cause = jnp.where(dies_now, jnp.where(crs_death, DEATH["crs"], DEATH["icans"]), DEATH["none"])
 
     row = {
@@ -152,10 +148,10 @@ def _observe(t, y, worst, carry, p, key, k, settings: EngineSettings):
         "o2_device": device,
         "o2_flow_lpm": flow,
         "fio2": fio2,
-        "antipyretics_given": carry["antipyretics_given"],
-        "tocilizumab_given": carry["tocilizumab_given"],
-        "steroids_given": carry["steroids_given"],
-        "anakinra_given": carry["anakinra_given"],
+        "antipyretics_given": carry.antipyretics_given,
+        "tocilizumab_given": carry.tocilizumab_given,
+        "steroids_given": carry.steroids_given,
+        "anakinra_given": carry.anakinra_given,
         "ice_score": jnp.where(pediatric, jnp.nan, ice),
         "capd_score": jnp.where(pediatric, capd, jnp.nan),
         "consciousness": consciousness,
@@ -180,14 +176,14 @@ def _observe(t, y, worst, carry, p, key, k, settings: EngineSettings):
 
 def _grade(row, carry, settings: EngineSettings):
     """Every scale's grade for one row, and the updated fever-waiver latch."""
-    g_req = _call(astct.crs_grade_astct, row, fever_waived=False)
+    g_req = grade_row("crs", "astct", row, fever_waived=False)
     treated = astct.crs_treated(row["antipyretics_given"], row["tocilizumab_given"], row["steroids_given"])
-    waived, crs_seen = astct.crs_fever_waiver_step(carry["fever_waived"], carry["crs_seen"], g_req, treated)
+    waived, crs_seen = astct.crs_fever_waiver_step(carry.fever_waived, carry.crs_seen, g_req, treated)
     grades = {}
     for name in settings.crs_scales:
-        grades[f"crs_grade_{name}"] = _call(CRS_SCALES[name], row, fever_waived=waived).astype(jnp.int8)
+        grades[f"crs_grade_{name}"] = grade_row("crs", name, row, fever_waived=waived).astype(jnp.int8)
     for name in settings.neuro_scales:
-        grades[f"icans_grade_{name}"] = _call(NEURO_SCALES[name], row).astype(jnp.int8)
+        grades[f"icans_grade_{name}"] = grade_row("neuro", name, row).astype(jnp.int8)
     return grades, waived, crs_seen
 
 
@@ -207,17 +203,50 @@ def _trigger_grade(grades, kind: str, index):
 SCHEDULE_KINDS = ("toci_mg", "dex_iv_mg", "dex_oral_mg", "mp_mg", "anakinra_mg")
 
 
+class CourseState(NamedTuple):
+    """The course's loop state for one patient (scalars) or a batch (arrays with a trailing patient axis)."""
+
+    y: Any  # model state (n_states, ...)
+    worst: tuple  # worst signs of the interval just integrated (`readouts.interval_signs`)
+    alive: Any
+    antipyretic_active: Any  # 1 while an antipyretic given at the last assessment masks fever
+    antipyretics_given: Any
+    tocilizumab_given: Any
+    steroids_given: Any
+    anakinra_given: Any
+    last_anticytokine: Any  # day of the last anti-cytokine dose
+    fever_waived: Any  # ASTCT fever-waiver latch
+    crs_seen: Any
+    vaso_start: Any  # start of the current run of vasopressor support, day
+    fever_rows: Any  # consecutive febrile assessments
+    prev_diffuse: Any  # diffuse cerebral oedema at the last assessment
+    policy: Any  # the rule's state (`vpop.policy.rules`)
+    status: Any
+    max_error: Any
+    doses: dict  # mg given so far, by dose name
+    toci_doses: Any
+    peaks: dict
+    nadirs: dict
+    car_t_peak_day: Any  # time of the CAR-T peak (Tmax), day
+    max_vasopressors: Any  # ICU-level support while alive, so endpoints need no observation table
+    positive_pressure: Any
+    severity: tuple  # worst continuous signs over the course (SEVERITY_SIGNS)
+
+
 def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
     """One patient's whole course of treatment. Returns (rows, summary) of arrays.
 
     This is the only course in vpop: simulation, the time-course likelihood and the
-    cohort-table likelihood all run it. `policy` decides doses from the grades at each
-    assessment; `schedule`, if given, adds doses fixed in advance (mg, shape
-    (n_rows, len(SCHEDULE_KINDS)) for one patient, (n_rows, kinds, N) for a batch), given at
-    the assessment they fall on, after the policy's doses: the doses a data set records.
+    cohort-table likelihood all run it. `policy` (the settings' `PolicyArrays`) parameterises
+    the rules `settings.rule`, which decide doses from the grades at each assessment;
+    `schedule`, if given, adds doses fixed in advance (mg, shape (n_rows,
+    len(SCHEDULE_KINDS)) for one patient, (n_rows, kinds, N) for a batch), given at the
+    assessment they fall on, after the policy's doses: the doses a data set records.
     Everything is a fixed trip count, so the course is differentiable in `p` (forward or
     reverse mode) through the solve; grades and doses are piecewise constant in `p`.
     """
+    mdl = settings.model
+    p = mdl.with_defaults(p)
     dtype = p["tumor_burden"].dtype
     shape = jnp.shape(p["tumor_burden"])  # () for one patient, (N,) for a batch in SoA layout
 
@@ -225,90 +254,85 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
         return jnp.full(shape, value, dt)
 
     dt = jnp.asarray(settings.dt, dtype)
-    y0 = model.initial_state(p)
-    worst0 = readouts.interval_signs(jnp.zeros((), dtype), y0, p)
+    y0 = mdl.initial_state(p)
     false = full(False, bool)
-    carry0 = {
-        "y": y0,
-        "worst": worst0,
-        "alive": full(True, bool),
-        "antipyretic_active": full(0.0),
-        "antipyretics_given": false,
-        "tocilizumab_given": false,
-        "steroids_given": false,
-        "anakinra_given": false,
-        "last_anticytokine": full(-1e9),
-        "fever_waived": false,
-        "crs_seen": false,
-        "vaso_start": full(-1e9),
-        "fever_rows": full(0, jnp.int32),
-        "prev_diffuse": false,
-        "policy": policy_mod.initial_state(dtype, shape),
-        "status": full(STATUS_OK, jnp.int32),
-        "max_error": full(0.0),
-        "doses": {k: full(0.0) for k in ("toci_mg", "dex_iv_mg", "dex_oral_mg", "mp_mg", "anakinra_mg")},
-        "toci_doses": full(0, jnp.int32),
-        "peaks": {k: full(-jnp.inf) for k in PEAK_BIOMARKERS},
-        "nadirs": {k: full(jnp.inf) for k in NADIR_BIOMARKERS},
-        "car_t_peak_day": full(0.0),  # time of the CAR-T peak (Tmax), day
-        # ICU-level support while alive, so endpoints need no observation table
-        "max_vasopressors": full(0, jnp.int32),
-        "positive_pressure": false,
-        # worst continuous signs over the course: the smooth read-outs behind the grades (fitting)
-        "severity": tuple(full(-jnp.inf) for _ in SEVERITY_SIGNS),
-    }
+    dose_names = tuple(d.dose for d in mdl.drugs)
+    carry0 = CourseState(
+        y=y0,
+        worst=readouts.interval_signs(jnp.zeros((), dtype), y0, p),
+        alive=full(True, bool),
+        antipyretic_active=full(0.0),
+        antipyretics_given=false,
+        tocilizumab_given=false,
+        steroids_given=false,
+        anakinra_given=false,
+        last_anticytokine=full(-1e9),
+        fever_waived=false,
+        crs_seen=false,
+        vaso_start=full(-1e9),
+        fever_rows=full(0, jnp.int32),
+        prev_diffuse=false,
+        policy=settings.rule.init(dtype, shape),
+        status=full(STATUS_OK, jnp.int32),
+        max_error=full(0.0),
+        doses={k: full(0.0) for k in dose_names},
+        toci_doses=full(0, jnp.int32),
+        peaks={k: full(-jnp.inf) for k in PEAK_BIOMARKERS},
+        nadirs={k: full(jnp.inf) for k in NADIR_BIOMARKERS},
+        car_t_peak_day=full(0.0),
+        max_vasopressors=full(0, jnp.int32),
+        positive_pressure=false,
+        severity=tuple(full(-jnp.inf) for _ in SEVERITY_SIGNS),
+    )
 
-    def step(carry, k):
+    def step(carry: CourseState, k):
         t = k.astype(dtype) * dt
-        y = carry["y"]
-        alive = carry["alive"]
-        row, upd = _observe(t, y, carry["worst"], carry, p, key, k, settings)
+        y = carry.y
+        alive = carry.alive
+        row, upd = _observe(t, y, carry.worst, carry, p, key, k, settings)
         grades, waived, crs_seen = _grade(row, carry, settings)
         bio = readouts.biomarkers(y, p)
 
-        doses, pol_state = policy_mod.decide(
-            policy, carry["policy"], t, _trigger_grade(grades, "crs", policy["crs_trigger_scale"]),
-            _trigger_grade(grades, "icans", policy["icans_trigger_scale"]), row["hypotension"], p["weight_kg"], bio,
-        )
+        assessment = policy_mod.Assessment(
+            t=t, crs_grade=_trigger_grade(grades, "crs", policy.crs_trigger_scale),
+            icans_grade=_trigger_grade(grades, "icans", policy.icans_trigger_scale),
+            hypotension=row["hypotension"], weight_kg=p["weight_kg"], biomarkers=bio, toci_doses=carry.toci_doses)
+        decided, pol_state = settings.rule.update(policy, carry.policy, assessment, {})
         treat = alive & ~upd["dies_now"]
-        doses = {name: jnp.where(treat, v, 0.0) for name, v in doses.items()}
+        doses = {name: jnp.where(treat, decided.get(name, 0.0), 0.0) for name in dose_names}
+        pol_state = jax.tree_util.tree_map(lambda new, old: jnp.where(treat, new, old), pol_state, carry.policy)
         if schedule is not None:
             planned = schedule[k]
-            doses = {name: doses[name] + planned[j] for j, name in enumerate(SCHEDULE_KINDS)}
-        pol_state = jax.tree_util.tree_map(lambda new, old: jnp.where(treat, new, old), pol_state, carry["policy"])
+            doses = {name: doses[name] + (planned[SCHEDULE_KINDS.index(name)] if name in SCHEDULE_KINDS else 0.0)
+                     for name in dose_names}
         febrile = row["temp_c"] >= 38.0
-        give_antipyretic = treat & febrile & (policy["antipyretics"] > 0.5)
+        give_antipyretic = treat & febrile & (policy.antipyretics > 0.5)
         steroid = (doses["dex_iv_mg"] + doses["dex_oral_mg"] + doses["mp_mg"]) > 0
-        anticytokine = (doses["toci_mg"] > 0) | steroid | (doses["anakinra_mg"] > 0)
-
-        y = y.at[model.IDX["toci"]].add(doses["toci_mg"])
-        y = y.at[model.IDX["dex_central"]].add(doses["dex_iv_mg"] + doses["mp_mg"] * p["mp_to_dex"])
-        y = y.at[model.IDX["dex_depot"]].add(doses["dex_oral_mg"] * p["dex_bioavailability"])
-        y = y.at[model.IDX["anakinra"]].add(doses["anakinra_mg"])
+        anticytokine = functools.reduce(lambda a, b: a | b, [doses[n] > 0 for n in dose_names])
+        y = mdl.give(y, doses, p)
 
         y_next, worst, err = integrate_interval(
-            model.production_loss, readouts.interval_signs, t, t + dt, y, p, settings.substeps,
+            mdl.production_loss, readouts.interval_signs, t, t + dt, y, p, settings.substeps,
             settings.rtol, settings.atol, settings.chart_marks, settings.method,
         )
         finite = jnp.all(jnp.isfinite(y_next), axis=0)
-        status = jnp.where(finite, carry["status"], STATUS_NONFINITE)
+        status = jnp.where(finite, carry.status, STATUS_NONFINITE)
         status = jnp.where((status == STATUS_OK) & (err > 1.0), STATUS_INACCURATE, status)
         # A non-finite patient is frozen at its last finite state and flagged.
         y_next = jnp.where(finite, y_next, y)
-        worst = tuple(jnp.where(finite, w, w0) for w, w0 in zip(worst, carry["worst"]))
+        worst = tuple(jnp.where(finite, w, w0) for w, w0 in zip(worst, carry.worst))
 
         row_alive = alive
-        new_carry = dict(carry)
-        new_carry.update(
+        new_carry = carry._replace(
             y=y_next,
             worst=worst,
             alive=alive & ~upd["dies_now"],
             antipyretic_active=give_antipyretic.astype(dtype),
-            antipyretics_given=carry["antipyretics_given"] | give_antipyretic,
-            tocilizumab_given=carry["tocilizumab_given"] | (doses["toci_mg"] > 0),
-            steroids_given=carry["steroids_given"] | steroid,
-            anakinra_given=carry["anakinra_given"] | (doses["anakinra_mg"] > 0),
-            last_anticytokine=jnp.where(anticytokine, t, carry["last_anticytokine"]),
+            antipyretics_given=carry.antipyretics_given | give_antipyretic,
+            tocilizumab_given=carry.tocilizumab_given | (doses["toci_mg"] > 0),
+            steroids_given=carry.steroids_given | steroid,
+            anakinra_given=carry.anakinra_given | (doses["anakinra_mg"] > 0),
+            last_anticytokine=jnp.where(anticytokine, t, carry.last_anticytokine),
             fever_waived=waived,
             crs_seen=crs_seen,
             vaso_start=upd["vaso_start"],
@@ -316,18 +340,18 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
             prev_diffuse=upd["prev_diffuse"],
             policy=pol_state,
             status=status,
-            max_error=jnp.maximum(carry["max_error"], jnp.where(finite, err, 0.0)),
-            doses={name: carry["doses"][name] + doses[name] for name in doses},
-            toci_doses=carry["toci_doses"] + (doses["toci_mg"] > 0),
-            peaks={n: jnp.where(row_alive, jnp.maximum(carry["peaks"][n], bio[n]), carry["peaks"][n]) for n in PEAK_BIOMARKERS},
-            nadirs={n: jnp.where(row_alive, jnp.minimum(carry["nadirs"][n], bio[n]), carry["nadirs"][n]) for n in NADIR_BIOMARKERS},
-            car_t_peak_day=jnp.where(row_alive & (bio["car_t_cells_per_ul"] > carry["peaks"]["car_t_cells_per_ul"]),
-                                     t, carry["car_t_peak_day"]),
-            max_vasopressors=jnp.where(row_alive, jnp.maximum(carry["max_vasopressors"], row["vasopressors"]),
-                                       carry["max_vasopressors"]),
-            positive_pressure=carry["positive_pressure"] | (row_alive & (row["o2_device"] >= O2_CPAP)),
+            max_error=jnp.maximum(carry.max_error, jnp.where(finite, err, 0.0)),
+            doses={name: carry.doses[name] + doses[name] for name in dose_names},
+            toci_doses=carry.toci_doses + (doses["toci_mg"] > 0),
+            peaks={n: jnp.where(row_alive, jnp.maximum(carry.peaks[n], bio[n]), carry.peaks[n]) for n in PEAK_BIOMARKERS},
+            nadirs={n: jnp.where(row_alive, jnp.minimum(carry.nadirs[n], bio[n]), carry.nadirs[n]) for n in NADIR_BIOMARKERS},
+            car_t_peak_day=jnp.where(row_alive & (bio["car_t_cells_per_ul"] > carry.peaks["car_t_cells_per_ul"]),
+                                     t, carry.car_t_peak_day),
+            max_vasopressors=jnp.where(row_alive, jnp.maximum(carry.max_vasopressors, row["vasopressors"]),
+                                       carry.max_vasopressors),
+            positive_pressure=carry.positive_pressure | (row_alive & (row["o2_device"] >= O2_CPAP)),
             severity=tuple(jnp.where(row_alive, jnp.maximum(old, new), old)
-                           for old, new in zip(carry["severity"], severity_signs(carry["worst"], y, p))),
+                           for old, new in zip(carry.severity, severity_signs(carry.worst, y, p))),
         )
         out = dict(grades)
         out["alive"] = row_alive
@@ -340,19 +364,21 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
 
     final, rows = jax.lax.scan(step, carry0, jnp.arange(settings.n_rows))
     summary = {
-        "solver_status": final["status"],
-        "solver_max_error": final["max_error"],
-        "tocilizumab_doses": final["toci_doses"],
-        "tocilizumab_mg": final["doses"]["toci_mg"],
-        "dexamethasone_mg": final["doses"]["dex_iv_mg"] + final["doses"]["dex_oral_mg"],
-        "methylprednisolone_mg": final["doses"]["mp_mg"],
-        "anakinra_mg": final["doses"]["anakinra_mg"],
-        **{f"peak_{n}": v for n, v in final["peaks"].items()},
-        **{f"nadir_{n}": v for n, v in final["nadirs"].items()},
-        "peak_car_t_day": final["car_t_peak_day"],  # Tmax of CAR-T in blood (first assessment at the peak)
-        "max_vasopressors": final["max_vasopressors"],
-        "positive_pressure_ventilation": final["positive_pressure"],
-        **{f"worst_{name}": v for name, v in zip(SEVERITY_SIGNS, final["severity"])},
+        "solver_status": final.status,
+        "solver_max_error": final.max_error,
+        "tocilizumab_doses": final.toci_doses,
+        "tocilizumab_mg": final.doses["toci_mg"],
+        "dexamethasone_mg": final.doses["dex_iv_mg"] + final.doses["dex_oral_mg"],
+        "methylprednisolone_mg": final.doses["mp_mg"],
+        "anakinra_mg": final.doses["anakinra_mg"],
+        **{f"peak_{n}": v for n, v in final.peaks.items()},
+        **{f"nadir_{n}": v for n, v in final.nadirs.items()},
+        "peak_car_t_day": final.car_t_peak_day,  # Tmax of CAR-T in blood (first assessment at the peak)
+        "max_vasopressors": final.max_vasopressors,
+        "positive_pressure_ventilation": final.positive_pressure,
+        **{f"worst_{name}": v for name, v in zip(SEVERITY_SIGNS, final.severity)},
+        # doses of drugs an extended model adds (`Model.extend`), by dose name
+        **{f"dose_{name}": final.doses[name] for name in dose_names if name not in SCHEDULE_KINDS},
     }
     return rows, summary
 

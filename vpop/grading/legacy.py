@@ -476,6 +476,35 @@ NEURO_SCALES = {
     "cartox": neuro_grade_cartox,
     "ctcae": neuro_grade_ctcae,
 }
+
+_CRS_COMMON = ("temp_c", "hypotension", "vasopressors", "vasopressin", "o2_device", "o2_flow_lpm", "fever_waived",
+               "death_cause")
+_ORGANS = ("fio2", "vasopressor_dose_ne", "creatinine_grade", "transaminitis_grade", "organ_toxicity_grade")
+_NEURO_COMMON = ("ice_score", "consciousness", "seizure", "motor_weakness", "cerebral_edema", "raised_icp_signs",
+                 "death_cause", "age_years", "capd_score")
+#: The observation columns each scale reads, by name: the simulator and the table path pass exactly
+#: these (a test checks they are the grading functions' arguments).
+SCALE_COLUMNS = {
+    ("crs", "astct"): _CRS_COMMON,
+    ("crs", "lee2014"): _CRS_COMMON + _ORGANS,
+    ("crs", "penn"): _CRS_COMMON + _ORGANS + ("iv_therapy", "coagulopathy_treated"),
+    ("crs", "mskcc"): _CRS_COMMON + ("fio2", "vasopressor_dose_ne", "vasopressor_hours"),
+    ("crs", "cartox"): _CRS_COMMON + _ORGANS,
+    ("crs", "ctcae5"): _CRS_COMMON + ("fio2",),
+    ("neuro", "astct"): _NEURO_COMMON,
+    ("neuro", "cartox"): _NEURO_COMMON,
+    ("neuro", "ctcae"): _NEURO_COMMON + ("tremor_grade", "headache_grade"),
+}
+
+
+def grade_row(kind: str, scale: str, row, **given):
+    """The grade of one row (or of arrays of rows) under a scale: its declared columns from `row`, then `given`."""
+    fn = (CRS_SCALES if kind == "crs" else NEURO_SCALES)[scale]
+    args = {name: row[name] for name in SCALE_COLUMNS[(kind, scale)] if name in row}
+    args.update(given)
+    return fn(**args)
+
+
 #: Other names accepted by `--scale`, mapped to (CRS scale, neuro scale) keys.
 SCALE_ALIASES = {
     "ctcae_neuro": (None, "ctcae"),
