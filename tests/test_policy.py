@@ -18,12 +18,47 @@ from vpop.errors import ConfigError
 QUIET = {"il6_pg_ml": 10.0, "crp_mg_l": 5.0, "ferritin_ng_ml": 500.0}
 
 
-def decide(settings: policy.PolicySettings, t, crs=0, icans=0, bio=QUIET, state=None, weight=70.0):
+def decide(settings: policy.PolicySettings, t, crs=0, icans=0, bio=QUIET, state=None, weight=70.0, toci_doses=0):
+    """The standard rules' doses at one assessment (every drug listed, 0 when not given)."""
     s = settings.to_arrays(jnp.float64)
-    state = policy.initial_state(jnp.float64) if state is None else state
+    state = policy.STANDARD.init(jnp.float64) if state is None else state
     b = {k: jnp.asarray(v, jnp.float64) for k, v in bio.items()}
-    return policy.decide(s, state, jnp.asarray(t, jnp.float64), jnp.asarray(crs), jnp.asarray(icans),
-                         jnp.asarray(False), jnp.asarray(weight, jnp.float64), b)
+    a = policy.Assessment(jnp.asarray(t, jnp.float64), jnp.asarray(crs), jnp.asarray(icans), jnp.asarray(False),
+                          jnp.asarray(weight, jnp.float64), b, jnp.asarray(toci_doses))
+    return policy.STANDARD.update(s, state, a, {})
+
+
+def test_chain_composes_rules_in_order_and_a_rule_sees_earlier_doses():
+    seen = []
+
+    def record(settings, state, a, doses):
+        seen.append(sorted(doses))
+        return {**doses, "extra_mg": jnp.asarray(1.0)}, state + 1
+
+    rule = policy.chain(policy.tocilizumab, policy.Rule(lambda dtype=jnp.float32, shape=(): jnp.zeros(shape), record))
+    doses, state = decide_with(rule, policy.PRESETS["asco2021"], 1.0, crs=2)
+    assert seen == [["toci_mg"]]  # the second rule sees the first rule's decision
+    assert float(doses["toci_mg"]) > 0 and float(doses["extra_mg"]) == 1.0
+    assert float(state[1]) == 1.0  # each rule keeps its own state
+
+
+def decide_with(rule, settings, t, crs=0, icans=0):
+    a = policy.Assessment(jnp.asarray(t, jnp.float64), jnp.asarray(crs), jnp.asarray(icans), jnp.asarray(False),
+                          jnp.asarray(70.0, jnp.float64), QUIET, jnp.asarray(0))
+    return rule.update(settings.to_arrays(jnp.float64), rule.init(jnp.float64), a, {})
+
+
+def test_null_switches_off_the_crs2_after_tocilizumab_steroid_rule():
+    """`dex_crs2_after_toci_doses: null` used to leave the rule on (a "tocilizumab only" arm gave steroids)."""
+    toci_only = policy.with_overrides(policy.PRESETS["asco2021"], {"dex_crs2_after_toci_doses": None,
+                                                                   "dex_crs_trigger_grade": None})
+    s = toci_only.to_arrays(jnp.float64)
+    a = policy.Assessment(jnp.asarray(2.0, jnp.float64), jnp.asarray(2), jnp.asarray(0), jnp.asarray(True),
+                          jnp.asarray(70.0, jnp.float64), QUIET, jnp.asarray(3))
+    doses, _ = policy.STANDARD.update(s, policy.STANDARD.init(jnp.float64), a, {})
+    assert float(doses["dex_iv_mg"]) == 0.0
+    on = policy.PRESETS["asco2021"].to_arrays(jnp.float64)  # the same patient under the standard rule: steroids
+    assert float(policy.STANDARD.update(on, policy.STANDARD.init(jnp.float64), a, {})[0]["dex_iv_mg"]) == 10.0
 
 
 def test_biomarker_threshold_triggers_preemptive_tocilizumab():
@@ -71,7 +106,7 @@ def test_trigger_grade_is_read_under_the_named_scale():
     idx = jnp.asarray(float(policy.ICANS_TRIGGER_SCALES.index("ctcae")))
     np.testing.assert_array_equal(engine._trigger_grade(grades, "icans", idx), [1, 3])
     arrays = resolve_policy({"crs_trigger_scale": "penn"}).to_arrays()
-    assert int(arrays["crs_trigger_scale"]) == policy.CRS_TRIGGER_SCALES.index("penn")
+    assert int(arrays.crs_trigger_scale) == policy.CRS_TRIGGER_SCALES.index("penn")
 
 
 def test_policy_on_an_ungraded_scale_is_refused(tmp_path):
