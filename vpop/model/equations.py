@@ -69,6 +69,12 @@ def _relu(x):
     return jnp.maximum(x, 0.0)
 
 
+def basal_myeloid(p):
+    """Resting myeloid activation: the fixed point of the myeloid equation under the basal stimulus alone."""
+    rate = p["myeloid_activation_rate"] * _BASAL_MYELOID_STIMULUS
+    return rate / (rate + p["myeloid_deactivation"])
+
+
 def drug_levels(y, p):
     """Drug concentrations and their effects, from the drug states."""
     toci_ugml = y[IDX["toci"]] / p["toci_volume"]
@@ -84,8 +90,10 @@ def signals(y, p):
     s = {name: y[i] for name, i in IDX.items()}
     toci_ugml, toci_block, dex_ngml, dex_inh, anakinra_pgml = drug_levels(y, p)
     il6_signal = s["il6"] * (1.0 - toci_block)  # IL-6 reaching unblocked receptors
+    # Baseline IL-6 is already in the baseline CRP, fibrinogen and endothelium; only the excess drives them.
+    il6_excess = _relu(il6_signal - p["il6_basal"])
     il1_signal = s["il1"] / (1.0 + (s["il1ra"] + anakinra_pgml) / p["il1ra_block_k"])
-    hepatic_il6 = il6_signal / (il6_signal + p["il6_signal_ec50"])
+    hepatic_il6 = il6_excess / (il6_excess + p["il6_signal_ec50"])
     vasoplegia = (s["tnf"] / p["endo_ec_tnf"] + il1_signal / p["endo_ec_il1"])
     vasoplegia = vasoplegia / (1.0 + vasoplegia)
     map_mmhg = p["map_baseline"] - p["map_per_leak"] * s["leak"] - p["map_per_vasoplegia"] * vasoplegia
@@ -107,6 +115,7 @@ def signals(y, p):
         dex_inh=dex_inh,
         anakinra_pgml=anakinra_pgml,
         il6_signal=il6_signal,
+        il6_excess=il6_excess,
         il1_signal=il1_signal,
         hepatic_il6=hepatic_il6,
         map_mmhg=map_mmhg,
@@ -156,26 +165,31 @@ def production_loss(t, y, p):
     D_my = act + p["myeloid_deactivation"]
     m = s["myeloid"]
     m2 = m * m
+    # Resting monocytes' output is part of the baseline levels (il6_basal, ferritin0, ...):
+    # myeloid production terms count only activation above rest, so no CAR-T means no drift.
+    m_b = basal_myeloid(p)
+    m_x = _relu(m - m_b)
+    m2_x = _relu(m2 - m_b * m_b)
     cyto = p["cytokine_sensitivity"] * secretion
 
     P_ifng = cyto * p["ifng_per_car"] * engaged
     P_gm = cyto * p["gmcsf_per_car"] * engaged
-    P_tnf = cyto * (p["tnf_per_myeloid"] * m + p["tnf_per_car"] * engaged)
-    P_il1 = cyto * p["il1_per_myeloid"] * m
-    P_il1ra = p["il1ra_clearance"] * p["il1ra_basal"] + cyto * p["il1ra_per_myeloid"] * m
+    P_tnf = cyto * (p["tnf_per_myeloid"] * m_x + p["tnf_per_car"] * engaged)
+    P_il1 = cyto * p["il1_per_myeloid"] * m_x
+    P_il1ra = p["il1ra_clearance"] * p["il1ra_basal"] + cyto * p["il1ra_per_myeloid"] * m_x
     P_il6 = (
         (p["il6_clearance_linear"] + p["il6_clearance_receptor"]) * p["il6_basal"]
-        + cyto * (p["il6_per_myeloid"] * m2 + p["il6_per_endothelium"] * s["endothelium"] + p["il6_per_car"] * engaged)
+        + cyto * (p["il6_per_myeloid"] * m2_x + p["il6_per_endothelium"] * s["endothelium"] + p["il6_per_car"] * engaged)
     )
     D_il6 = p["il6_clearance_linear"] + p["il6_clearance_receptor"] * (1.0 - g["toci_block"])
-    P_il10 = cyto * (p["il10_per_myeloid"] * m + p["il10_per_car"] * engaged)
+    P_il10 = cyto * (p["il10_per_myeloid"] * m_x + p["il10_per_car"] * engaged)
 
     # Endothelial activation with the Ang-2 feed-forward loop.
     ang2_excess = _relu(s["ang2"] - 2.0)
     endo_stimulus = (
         s["tnf"] / p["endo_ec_tnf"]
         + g["il1_signal"] / p["endo_ec_il1"]
-        + g["il6_signal"] / p["endo_ec_il6"]
+        + g["il6_excess"] / p["endo_ec_il6"]
         + s["ifng"] / p["endo_ec_ifng"]
     )
     endo_stimulus = (
@@ -192,7 +206,7 @@ def production_loss(t, y, p):
 
     # Acute phase and coagulation.
     P_crp = p["crp_clearance"] * (p["crp0"] + p["crp_max"] * g["hepatic_il6"])
-    P_fer = p["ferritin_clearance"] * (p["ferritin0"] + p["ferritin_per_myeloid"] * m2)
+    P_fer = p["ferritin_clearance"] * (p["ferritin0"] + p["ferritin_per_myeloid"] * m2_x)
     consumption = p["fibrinogen_consumption"] * e2 * e
     P_fib = p["fibrinogen_turnover"] * p["fibrinogen0"] * (1.0 + p["fibrinogen_il6_gain"] * g["hepatic_il6"])
     D_fib = p["fibrinogen_turnover"] + consumption
@@ -207,7 +221,7 @@ def production_loss(t, y, p):
     barrier = g["barrier"]
     P_csf = p["csf_turnover"] * (barrier * s["il6"] + p["glia_il6"] * s["glia"])
     glia_stimulus = (
-        s["csf_il6"] / p["glia_ec_csf_il6"]
+        _relu(s["csf_il6"] - p["csf_il6_partition"] * p["il6_basal"]) / p["glia_ec_csf_il6"]  # above its baseline
         + barrier * s["gmcsf"] / p["glia_ec_gmcsf"]
         + g["il1_cns"] / p["glia_ec_il1"]
         + barrier * s["car_effector"] / p["glia_ec_car"]
@@ -262,8 +276,7 @@ def rhs(t, y, p):
 def initial_state(p):
     """State at CAR-T infusion (day 0), after lymphodepletion."""
     car0 = p["car_dose_per_kg"] * p["car_blood_fraction"] / 7.0e4  # 70 mL blood per kg = 7e4 uL/kg
-    basal_myeloid = p["myeloid_activation_rate"] * _BASAL_MYELOID_STIMULUS
-    m0 = basal_myeloid / (basal_myeloid + p["myeloid_deactivation"])
+    m0 = basal_myeloid(p)
     y0 = {
         "car_effector": car0,
         "antigen": p["tumor_burden"],
