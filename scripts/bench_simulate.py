@@ -98,32 +98,12 @@ def worker_scipy(n: int) -> dict:
 
 
 def worker_diffrax(n: int) -> dict:
-    import diffrax
-    import jax
     import jax.numpy as jnp
 
-    from vpop.model import equations as model
-    p = _sample(n, jnp.float32)
-    ts = jnp.arange(113) * 0.25
+    from diffrax_baseline import time_solve  # shared with scripts/bench_gpu.py
 
-    def solve(pi):
-        term = diffrax.ODETerm(lambda t, y, a: model.rhs(t, y, a))
-        sol = diffrax.diffeqsolve(
-            term, diffrax.Tsit5(), 0.0, 28.0, 0.01, model.initial_state(pi), args=pi,
-            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-6),
-            max_steps=100_000, throw=False,
-        )
-        return sol.ys, sol.stats["num_steps"]
-
-    f = jax.jit(jax.vmap(solve))
-    t0 = time.perf_counter()
-    compiled = f.lower(p).compile()
-    t1 = time.perf_counter()
-    ys, steps = compiled(p)
-    jax.block_until_ready(ys)
-    t2 = time.perf_counter()
-    return {"n": n, "compile_s": t1 - t0, "run_s": t2 - t1, "per_patient_s": (t2 - t1) / n,
-            "median_steps": float(np.median(steps)), "peak_rss_mb": _peak_rss_mb()}
+    r = time_solve(_sample(n, jnp.float32))
+    return {**r, "peak_rss_mb": _peak_rss_mb()}
 
 
 def worker_agreement(n: int) -> dict:
