@@ -112,6 +112,19 @@ scales: [astct]
     assert not list((out / "cells").glob(".*tmp*"))
 
 
+@pytest.mark.parametrize("text, message", [
+    ("factors: {covariate: {name: age_years, field: low, values: [10, 200]}}\n", "invalid distribution"),
+    ("scales: [astct, lee2014]\n", "lee2014 not simulated"),
+])
+def test_sweep_config_errors_leave_no_output_behind(tmp_path, small_config_file, capsys, text, message):
+    path = write(tmp_path, "config: small.yaml\ncohort: {n: 8}\n" + text)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_dose_pools_are_the_same_patients_at_each_dose(small_config_file):
     from vpop.run.config import load_config
 

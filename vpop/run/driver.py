@@ -11,7 +11,7 @@ in a plain run and in a streamed run of any chunk size, and its outputs are
 bit for bit the same (docs/scaling.md, "What is identical").
 
 After each batch the driver hands the sink that batch's patient table and
-observation table (`sink.batch`), and the sink's `chunk_done(index)` when a
+observation table (`sink.batch`, in slices of at most TABLE_PATIENTS patients), and the sink's `chunk_done(index)` when a
 chunk is complete; sinks keep them in memory (`MemorySink`) or write them
 (`vpop.run.files`, `vpop.run.streaming`). A `Summary` of the endpoints
 (`vpop.run.endpoints`) is fed every batch, so a summary needs no table.
@@ -49,6 +49,9 @@ def precision(dtype: str):
 def jnp_dtype(dtype: str):
     return jnp.float64 if dtype == "float64" else jnp.float32
 
+
+# Patients per table slice handed to the sink (the observation table of 1,024 patients is ~115k rows).
+TABLE_PATIENTS = 1024
 
 # --- compiled pieces, cached per process -------------------------------------------------------
 
@@ -234,21 +237,28 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                     if stage is not None:
                         stage("simulating")
                 rows, summ = compiled(p, event_keys, policy)
-                a, b = max(lo, start) - start, min(hi, start + B) - start  # this chunk's part of the batch
-                cov = {k: np.asarray(v)[a:b] for k, v in cov.items()}
-                rows = {k: np.asarray(v)[a:b] for k, v in rows.items()}
-                summ = {k: np.asarray(v)[a:b] for k, v in summ.items()}
-                pid = np.arange(start + a, start + b) if plan.table is None else plan.table.ids[start + a:start + b]
-                obs = tables.observation_table(pid, rows, plan.settings) if plan.record_rows else None
-                patients = tables.patient_table(pid, cov, rows, summ, plan.settings)
-                del rows, summ, cov, p
-                summary.add(patients[summary.columns])
-                sink.batch(index, patients, obs)
-                del patients, obs
-                done += b - a
+                cov = {k: np.asarray(v) for k, v in cov.items()}
+                rows = {k: np.asarray(v) for k, v in rows.items()}
+                summ = {k: np.asarray(v) for k, v in summ.items()}
+                del p
+                first, stop = max(lo, start), min(hi, start + B)  # this chunk's part of the batch
+                # Tables a slice at a time: pandas and Arrow copies of a whole batch's rows would dominate memory.
+                for a in range(first, stop, TABLE_PATIENTS):
+                    b = min(a + TABLE_PATIENTS, stop)
+                    part = slice(a - start, b - start)
+                    pid = np.arange(a, b) if plan.table is None else plan.table.ids[a:b]
+                    r = {k: v[part] for k, v in rows.items()}
+                    obs = tables.observation_table(pid, r, plan.settings) if plan.record_rows else None
+                    patients = tables.patient_table(pid, {k: v[part] for k, v in cov.items()}, r,
+                                                    {k: v[part] for k, v in summ.items()}, plan.settings)
+                    summary.add(patients[summary.columns])
+                    sink.batch(index, patients, obs)
+                    del patients, obs, r
+                    done += b - a
+                    if progress is not None:
+                        progress(done, total)
+                del rows, summ, cov
                 batches += 1
-                if progress is not None:
-                    progress(done, total)
             sink.chunk_done(index)
             if after_chunk is not None:
                 after_chunk(index)

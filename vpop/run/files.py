@@ -113,10 +113,10 @@ def simulate_to_folder(config, out: str | Path, n: int | None = None, seed: int 
 
     plan = driver.plan(config, n, seed, record_rows)
     out = Path(out)
-    est = budget.check(plan, out)
-    if on_estimate is not None:
-        on_estimate(est)
-    with folder.claim(out):
+    with folder.claim(out):  # writable (checked first), and ours alone; removed again if we fail here
+        est = budget.check(plan, out)
+        if on_estimate is not None:
+            on_estimate(est)
         for stale in out.glob(".partial-*"):  # a killed run's; we hold the lock, so no one else's
             shutil.rmtree(stale, ignore_errors=True)
         tmp = out / f".partial-{os.getpid()}"

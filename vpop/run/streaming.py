@@ -248,8 +248,6 @@ def simulate_stream(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a folder")
     want = _manifest(config, n, seed, chunk_size, record_rows)
-    if out.exists():
-        _check_manifest(out, want, resume)
     n_chunks = want["n_chunks"]
     mine = list(sharding.process_share(n_chunks, pi, pc))
 
@@ -262,13 +260,17 @@ def simulate_stream(
     todo = [c for c in mine if not done(c)]
     total = sum(b - a for a, b in map(bounds, mine))
     n_todo = sum(b - a for a, b in map(bounds, todo))
-    est = budget.check(plan, out, n_todo=n_todo)
-    if on_estimate is not None and todo:
-        on_estimate(budget.estimate(plan, n_todo))
 
-    claim = folder.claim(out, lock=pc == 1)
+    claim = folder.claim(out, lock=pc == 1)  # writable (checked first), and ours alone
     try:
-        _check_manifest(out, want, resume)  # again, under the lock
+        _check_manifest(out, want, resume)
+        est = budget.check(plan, out, n_todo=n_todo)
+        if on_estimate is not None and todo:
+            on_estimate(est)
+    except BaseException:
+        claim.release(remove_if_empty=True)
+        raise
+    try:
         (out / PATIENTS).mkdir(exist_ok=True)
         if record_rows:
             (out / OBSERVATIONS).mkdir(exist_ok=True)
