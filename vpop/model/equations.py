@@ -23,41 +23,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from vpop.model.states import STATE_NAMES
 
-STATE_NAMES: tuple[str, ...] = (
-    "car_effector",  # CAR-T effector cells, cells/uL blood
-    "car_memory",  # CAR-T memory cells, cells/uL
-    "antigen",  # antigen-bearing tumour burden, antigen units (1 = median)
-    "myeloid",  # activated fraction of monocytes/macrophages, 0-1
-    "ifng",  # pg/mL
-    "gmcsf",  # pg/mL
-    "tnf",  # pg/mL
-    "il1",  # IL-1beta, pg/mL
-    "il1ra",  # endogenous IL-1Ra, pg/mL
-    "il6",  # free serum IL-6, pg/mL
-    "il10",  # pg/mL
-    "endothelium",  # endothelial activation, 0-1
-    "ang2",  # ng/mL
-    "vwf",  # IU/dL
-    "leak",  # capillary leak (plasma displaced), units of 1 = severe
-    "crp",  # mg/L
-    "ferritin",  # ng/mL
-    "fibrinogen",  # g/L
-    "ddimer",  # mg/L FEU
-    "platelets",  # 1e9/L
-    "qalb",  # CSF/serum albumin ratio, x1e-3
-    "csf_il6",  # CNS (CSF) IL-6, pg/mL
-    "glia",  # activation of CNS myeloid/glial cells, 0-1
-    "neuro",  # neuronal dysfunction (excitotoxicity), neuro units
-    "nfl",  # serum neurofilament light, pg/mL
-    "hypoperfusion",  # cumulative MAP deficit below 65 mmHg, mmHg*d/10
-    "shock",  # cumulative refractory-shock burden, mmHg*d/10
-    "toci",  # tocilizumab amount, mg
-    "dex_depot",  # oral dexamethasone depot, mg
-    "dex_central",  # mg
-    "dex_peripheral",  # mg
-    "anakinra",  # mg
-)
+
+# The states are declared once, with units and meanings, in `vpop.model.states`.
 N_STATES = len(STATE_NAMES)
 IDX = {name: i for i, name in enumerate(STATE_NAMES)}
 
@@ -247,24 +216,48 @@ def production_loss(t, y, p):
     P_dex_p = k_q_c * s["dex_central"]
     D_ana = p["anakinra_clearance"] / p["anakinra_volume"]
 
-    zero = jnp.zeros_like(m)
-    one = jnp.ones_like(m)
-    P = jnp.stack([
-        P_eff, P_mem, P_ag, P_my, P_ifng, P_gm, P_tnf, P_il1, P_il1ra, P_il6, P_il10,
-        P_endo, P_ang2, P_vwf, P_leak, P_crp, P_fer, P_fib, P_dd, P_plt,
-        P_q, P_csf, P_glia, P_neuro, P_nfl, P_hypo, P_shock,
-        zero, zero, P_dex_c, P_dex_p, zero,
-    ])
-    D = jnp.stack([
-        D_eff, D_mem, D_ag, D_my, p["ifng_clearance"] * one, p["gmcsf_clearance"] * one,
-        p["tnf_clearance"] * one, p["il1_clearance"] * one, p["il1ra_clearance"] * one, D_il6,
-        p["il10_clearance"] * one, D_endo, p["ang2_clearance"] * one, p["vwf_clearance"] * one,
-        p["leak_return"] * one, p["crp_clearance"] * one, p["ferritin_clearance"] * one, D_fib,
-        p["ddimer_clearance"] * one, D_plt, p["qalb_relaxation"] * one, p["csf_turnover"] * one,
-        D_glia, p["neuro_recovery"] * one, p["nfl_clearance"] * one, zero, zero,
-        D_toci, p["dex_absorption"] * one, D_dex_c, k_q_p * one, D_ana,
-    ])
-    return P, D
+    P = {
+        "car_effector": P_eff, "car_memory": P_mem, "antigen": P_ag, "myeloid": P_my,
+        "ifng": P_ifng, "gmcsf": P_gm, "tnf": P_tnf, "il1": P_il1, "il1ra": P_il1ra, "il6": P_il6, "il10": P_il10,
+        "endothelium": P_endo, "ang2": P_ang2, "vwf": P_vwf, "leak": P_leak,
+        "crp": P_crp, "ferritin": P_fer, "fibrinogen": P_fib, "ddimer": P_dd, "platelets": P_plt,
+        "qalb": P_q, "csf_il6": P_csf, "glia": P_glia, "neuro": P_neuro, "nfl": P_nfl,
+        "hypoperfusion": P_hypo, "shock": P_shock,
+        "toci": 0.0, "dex_depot": 0.0, "dex_central": P_dex_c, "dex_peripheral": P_dex_p, "anakinra": 0.0,
+    }
+    D = {
+        "car_effector": D_eff, "car_memory": D_mem, "antigen": D_ag, "myeloid": D_my,
+        "ifng": p["ifng_clearance"], "gmcsf": p["gmcsf_clearance"], "tnf": p["tnf_clearance"],
+        "il1": p["il1_clearance"], "il1ra": p["il1ra_clearance"], "il6": D_il6, "il10": p["il10_clearance"],
+        "endothelium": D_endo, "ang2": p["ang2_clearance"], "vwf": p["vwf_clearance"], "leak": p["leak_return"],
+        "crp": p["crp_clearance"], "ferritin": p["ferritin_clearance"], "fibrinogen": D_fib,
+        "ddimer": p["ddimer_clearance"], "platelets": D_plt,
+        "qalb": p["qalb_relaxation"], "csf_il6": p["csf_turnover"], "glia": D_glia, "neuro": p["neuro_recovery"],
+        "nfl": p["nfl_clearance"], "hypoperfusion": 0.0, "shock": 0.0,  # accumulators: no loss
+        "toci": D_toci, "dex_depot": p["dex_absorption"], "dex_central": D_dex_c, "dex_peripheral": k_q_p,
+        "anakinra": D_ana,
+    }
+    return assemble(P, D, like=m)
+
+
+def assemble(P: dict, D: dict, like):
+    """Stack productions and loss rates given by state name into the declared order.
+
+    Every declared state must have both, and no other name may appear: an equation
+    written for a state that does not exist, or a state left without one, fails here
+    (at trace time, so it costs nothing in the compiled course).
+    """
+    for what, terms in (("production", P), ("loss rate", D)):
+        missing = [n for n in STATE_NAMES if n not in terms]
+        unknown = [n for n in terms if n not in IDX]
+        if missing or unknown:
+            raise ValueError(f"{what} terms: missing for {missing}, undeclared states {unknown}")
+    shape = jnp.shape(like)
+
+    def stack(terms):
+        return jnp.stack([jnp.broadcast_to(jnp.asarray(terms[n], like.dtype), shape) for n in STATE_NAMES])
+
+    return stack(P), stack(D)
 
 
 def rhs(t, y, p):
