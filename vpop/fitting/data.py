@@ -6,7 +6,8 @@ One row per observation or dose event (software-anchors.md §2.2):
 |---|---|
 | `ID` | patient (a new patient starts when ID changes; rows of one ID must be contiguous) |
 | `TIME` | days since CAR-T infusion, non-decreasing within a patient |
-| `EVID` | optional; 0 observation (default), 1 dose. Other EVIDs are refused |
+| `EVID` | optional; 0 observation (default), 1 dose, 2 other, 3 reset, 4 reset + dose (`vpop.fitting.nonmem`) |
+| `ADDL`, `II`, `RATE`, `DUR`, `SS` | optional; additional doses, infusions, steady state (`vpop.fitting.nonmem`) |
 | `DV` | observed value (observations); concentrations must be >= 0 |
 | `DVID` or `CMT` | the analyte (observations) or drug (doses) by name, see `ANALYTES`, `DRUGS` |
 | `AMT` | dose in mg (dose rows) |
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from vpop.errors import DataError
+from vpop.fitting import nonmem
 from vpop.population.sampler import COVARIATES
 
 # Analyte name (as written in DVID/CMT, lower-case) -> vpop.observation.readouts.biomarkers key.
@@ -184,9 +186,8 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
         i = int(np.flatnonzero(~np.isfinite(time) | (time < 0))[0])
         _fail(path, i + 1, "TIME", f"got {time[i]:g}; allowed: a finite time >= 0 (days since infusion)")
     evid = np.zeros(len(df)) if "evid" not in df.columns else _numeric(df, "evid", path)
-    for i, e in enumerate(evid):
-        if e not in (0, 1):
-            _fail(path, i + 1, "EVID", f"got {e:g}; allowed: 0 (observation) or 1 (dose)")
+    nonmem.check_evid(evid, path)  # EVID 0-4; resets start a new course, covariates carried forward
+    df, time = nonmem.prepare(df, evid, time, path, (*COVARIATES, "car_dose_per_kg", "ld_intensity", "female"))
     mdv = np.zeros(len(df)) if "mdv" not in df.columns else np.nan_to_num(_numeric(df, "mdv", path, True))
     dv = pd.to_numeric(df["dv"], errors="coerce").to_numpy(dtype=float)
     lloq = None if "lloq" not in df.columns else _numeric(df, "lloq", path, allow_missing=True)
@@ -212,7 +213,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
 
     names = df[name_col].astype(str).str.strip().str.lower().to_numpy()
     obs_rows = (evid == 0) & (mdv == 0)
-    dose_rows = evid == 1
+    dose_rows = np.isin(evid, nonmem.DOSE_EVIDS)
     analytes_present = []
     for i in np.flatnonzero(obs_rows):
         if names[i] not in ANALYTES:
@@ -318,6 +319,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
                 _fail(path, i + 1, f"{kind.upper()}_GRADE", f"the maximum grade must be the same on every row of patient {_show(ids_raw[a])}")
             grades[kind].append(int(fin[0]) if len(fin) else -1)
     data.grades = {k: np.asarray(v, dtype=np.int32) for k, v in grades.items()}
+    nonmem.expand_doses(data, df, dose_rows, path)  # ADDL/II, RATE/DUR, SS
     if covariates_path is not None:
         _merge_covariates(data, Path(covariates_path))
     return data
