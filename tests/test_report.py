@@ -148,9 +148,9 @@ def test_report_of_every_output(runs, capsys):
               "Dose–toxicity curves", "Sweep tables", "Policy comparison: runs/cmp", "Dose escalation: runs/esc",
               "Operating characteristics", "Fit: runs/fit", "Posterior summary", "Config and versions"):
         assert h in headings, h
-    # sections in the order simulation, sweep, comparison, escalation, fit, provenance
+    # the answer first, then sections in the order simulation, sweep, comparison, escalation, fit, provenance
     top = [h for tag, h in doc.headings if tag == "h2"]
-    assert top == ["Outputs found", "Simulation: runs/sim", "Sweep: runs/sweep", "Policy comparison: runs/cmp",
+    assert top == ["Headline: runs/sim", "Outputs found", "Simulation: runs/sim", "Sweep: runs/sweep", "Policy comparison: runs/cmp",
                    "Dose escalation: runs/esc", "Fit: runs/fit", "Config and versions"]
     # 5 simulation figures, 1 sweep, 1 comparison, 1 escalation, 2 fit
     assert len(doc.imgs) == 10
@@ -233,7 +233,7 @@ def test_sections_follow_the_data(runs, tmp_path):
     # an escalation alone
     rep = build_report(runs / "esc", tmp_path / "esc.html")
     headings = [h for _, h in parse((tmp_path / "esc.html").read_text()).headings]
-    assert headings[:3] == ["Outputs found", "Dose escalation: esc", "Operating characteristics"]
+    assert headings[:3] == ["Outputs found", "Dose escalation: esc", "Operating characteristics"]  # no headline
     assert rep.n_figures == 1
 
 
@@ -254,8 +254,157 @@ def test_sweep_with_posterior_intervals_gets_a_band(runs, tmp_path):
     build_report(folder)
     assert "posterior-predictive 95% interval" in (folder / "report.html").read_text()
     panel = t[rate & (t["endpoint"] == "CRS grade >= 3")].assign(x=lambda d: d["dose_multiplier"], series="")
-    fig = figures.dose_toxicity([("CRS grade >= 3", panel)], "dose_multiplier", True, None, [""])
+    fig = figures.dose_toxicity([("CRS grade >= 3", panel)], "dose (multiple of the config's dose)", True, None, [""])
     assert any(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
+
+
+# --- what the page says, checked mechanically --------------------------------------------------------------
+
+
+def _capture_figures(monkeypatch):
+    """Every figure the page builder draws, with its caption, in order."""
+    from vpop.report.page import Page
+
+    seen = []
+    original = Page.figure
+
+    def figure(self, fig, caption, alt=None):
+        seen.append((fig, caption))
+        return original(self, fig, caption, alt)
+
+    monkeypatch.setattr(Page, "figure", figure)
+    return seen
+
+
+def _with_trial_scales(runs, tmp_path) -> Path:
+    """The small simulation as if graded under ZUMA-1's scales too: Lee 2014 CRS equal to ASTCT (so their onset
+    curves coincide), Penn CRS half a day later, CTCAE neurotoxicity one grade higher than ASTCT ICANS."""
+    sim = tmp_path / "sim"
+    shutil.copytree(runs / "sim", sim)
+    pts = pd.read_parquet(sim / "patients.parquet")
+    for what in ("max_grade", "onset_day"):
+        pts[f"crs_{what}_lee2014"] = pts[f"crs_{what}"]
+    pts["crs_max_grade_penn"] = pts["crs_max_grade"]
+    pts["crs_onset_day_penn"] = pts["crs_onset_day"] + 0.5
+    pts["icans_max_grade_ctcae"] = np.where(pts["icans_max_grade"] > 0, np.minimum(pts["icans_max_grade"] + 1, 5), 0)
+    pts["icans_onset_day_ctcae"] = pts["icans_onset_day"]
+    pts.to_parquet(sim / "patients.parquet", index=False)
+    cfg = re.sub(r"(?m)^trial:.*\n", "", (sim / "config.yaml").read_text())
+    (sim / "config.yaml").write_text("trial: ZUMA-1\n" + cfg)
+    return sim
+
+
+def _section(text: str, start: str, end: str) -> str:
+    i = text.index(start)
+    return text[i:text.index(end, i)]
+
+
+def test_headline_leads_with_both_scales_and_the_management(runs, tmp_path):
+    from vpop.report import build_report
+
+    sim = _with_trial_scales(runs, tmp_path)
+    build_report(sim, tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    doc = parse(text)
+    assert [h for tag, h in doc.headings if tag == "h2"][0] == "Headline: sim"
+    # before the contents and before the covariates
+    assert text.index("Headline: sim") < text.index('<nav class="toc">') < text.index("Cohort and covariates")
+    head = _section(text, "Headline: sim", '<nav class="toc">')
+    pts = pd.read_parquet(sim / "patients.parquet")
+    from vpop.stats import wilson_interval
+
+    for col in ("crs_max_grade", "crs_max_grade_lee2014", "icans_max_grade", "icans_max_grade_ctcae"):
+        k = int((pts[col] >= 3).sum())
+        lo, hi = wilson_interval(k, len(pts))
+        assert f"{100 * k / len(pts):.1f}% ({100 * lo:.1f}–{100 * hi:.1f}) — {k}/{len(pts)}" in head, col
+    assert "ZUMA-1&#x27;s scale" in head and "(Lee 2014)" in head and "(CTCAE)" in head
+    assert "management given" in head and "asco2021: tocilizumab 8 mg/kg" in head and "tocilizumab given" in head
+
+    # the trial's scales not graded (the small config grades ASTCT only), or no trial: ASTCT only, and why
+    build_report(runs / "sim", tmp_path / "astct.html")
+    head = _section((tmp_path / "astct.html").read_text(), "Headline: sim", '<nav class="toc">')
+    assert "did not grade the scales ZUMA-1 reported with" in head and "scale: %" not in head
+    plain = tmp_path / "plain"
+    shutil.copytree(runs / "sim", plain)
+    cfg = (plain / "config.yaml").read_text()
+    (plain / "config.yaml").write_text(re.sub(r"(?m)^trial:.*\n", "", cfg))
+    build_report(plain, tmp_path / "plain.html")
+    head = _section((tmp_path / "plain.html").read_text(), "Headline: plain", '<nav class="toc">')
+    assert "names no trial" in head and "scale: %" not in head
+
+
+def test_coinciding_onset_curves_stay_distinguishable_and_match_the_table(runs, tmp_path, monkeypatch):
+    from vpop.report import build_report
+
+    sim = _with_trial_scales(runs, tmp_path)
+    figs = _capture_figures(monkeypatch)
+    build_report(sim, tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    fig = next(f for f, cap in figs if cap.startswith("Percentage of patients whose first episode"))
+    crs_ax = next(ax for ax in fig.axes if ax.get_title(loc="left") == "CRS onset")
+    lines = crs_ax.get_lines()
+    labels = [" ".join(ln.get_label().split()) for ln in lines]  # legend labels are wrapped
+    # ASTCT and Lee 2014 coincide: one line naming both; Penn differs: its own line; plus ASTCT grade >= 3
+    assert len(lines) == 3, labels
+    assert labels[0].startswith("ASTCT, Lee 2014 (identical): any grade")
+    styles = {(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in lines}
+    assert len(styles) == len(lines)  # every line drawn differently
+    assert len({ln.get_linestyle() for ln in lines}) == len(lines) and len({ln.get_marker() for ln in lines}) == len(lines)
+    # each curve's final value is the table's number, and grade >= 3 matches the grade table (same patients)
+    onset_table = _section(text, "Cumulative incidence of CRS and ICANS onset", "Onset of the first episode")
+    pts = pd.read_parquet(sim / "patients.parquet")
+    for ax in fig.axes:
+        for label in (" ".join(ln.get_label().split()) for ln in ax.get_lines()):
+            final = re.search(r"— ([\d.]+%) by day", label).group(1)
+            assert f"<td class=\"num\">{final}</td>" in onset_table, (label, final)
+    icans3 = next(" ".join(ln.get_label().split()) for ax in fig.axes for ln in ax.get_lines()
+                  if ax.get_title(loc="left") == "ICANS onset" and "grade ≥ 3" in ln.get_label())
+    assert f"— {100 * (pts['icans_max_grade'] >= 3).mean():.1f}% by day" in icans3
+
+
+def test_swimmer_lanes_legends_and_axis_labels(runs, tmp_path, monkeypatch):
+    """CRS and ICANS in separate panels; no legend over any axes' data; axis labels in words, ticks readable."""
+    from vpop.report import build_report
+
+    figs = _capture_figures(monkeypatch)
+    build_report(runs, tmp_path / "all.html", sample=8)  # every page type
+    assert len(figs) == 10
+    swim = next(f for f, cap in figs if "CRS on the left, ICANS on the right" in cap)
+    titles = [ax.get_title(loc="left") for ax in swim.axes]
+    assert titles == ["CRS (ASTCT grade)", "ICANS (ASTCT grade)"]
+    identifier = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)+$")  # dose_multiplier, car_dose_per_kg
+    raw_number = re.compile(r"^[−-]?\d{6,}$|e[+−-]\d")  # 500000, 1e+06
+    for fig, caption in figs:
+        fig.canvas.draw() if fig.canvas is not None else None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        boxes = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_visible()]
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        for leg in legends:
+            lb = leg.get_window_extent(renderer)
+            for box in boxes:
+                overlap_w = min(lb.x1, box.x1) - max(lb.x0, box.x0)
+                overlap_h = min(lb.y1, box.y1) - max(lb.y0, box.y0)
+                assert overlap_w <= 1 or overlap_h <= 1, f"legend over the data: {caption[:60]}"
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            for label in (ax.get_xlabel(), ax.get_ylabel()):
+                assert not identifier.match(label), (label, caption[:60])
+            for tick in ax.get_xticklabels() + ax.get_yticklabels():
+                assert not raw_number.search(tick.get_text()), (tick.get_text(), caption[:60])
+
+
+def test_readable_numbers_and_factor_labels():
+    from vpop.report import figures
+
+    assert figures.readable(500000) == "500,000" and figures.readable(2e6) == "2 million"
+    assert figures.readable(0.5) == "0.5" and figures.readable(1.5e9) == "1.5 billion"
+    assert figures.factor_label("dose", [5e5, 2e6]) == ("CAR-T dose (million cells/kg)", 1e6)
+    assert figures.factor_label("dose_multiplier")[0] == "dose (multiple of the config's dose)"
+    assert figures.factor_label("tumor_burden_center")[0] == "tumour burden (1 = LBCL median): typical value"
 
 
 def test_percentile_bands_and_groups():
@@ -304,6 +453,32 @@ window.addEventListener('load', function () {
   b.setAttribute('data-images', String(imgs.length));
   b.setAttribute('data-decoded', String(ok));
   b.setAttribute('data-resources', String(performance.getEntriesByType('resource').length));
+  b.setAttribute('data-probe', 'done');
+});
+</script>"""
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener('load', function () {
+  var vw = document.documentElement.clientWidth, bad = [];
+  var main = document.querySelector('main').getBoundingClientRect();
+  function name(e) { return e.tagName + (e.className ? '.' + e.className : '') + ':' +
+                     (e.textContent || e.alt || '').trim().slice(0, 40); }
+  Array.prototype.forEach.call(document.querySelectorAll('main *'), function (e) {
+    var r = e.getBoundingClientRect();
+    if (r.width && (r.right > main.right + 1 || r.left < main.left - 1)) bad.push('outside ' + name(e));
+    if (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0 && getComputedStyle(e).overflowX !== 'visible')
+      bad.push('scrolls ' + name(e));
+  });
+  var head = document.querySelector('h2');
+  var table = head ? head.parentNode.querySelector('h2 ~ .tablewrap') : null;
+  var b = document.body;
+  b.setAttribute('data-docwidth', String(document.documentElement.scrollWidth));
+  b.setAttribute('data-viewport', String(vw));
+  b.setAttribute('data-bad', bad.slice(0, 8).join(' | ').replace(/"/g, "'"));
+  b.setAttribute('data-nbad', String(bad.length));
+  b.setAttribute('data-headline', head ? head.textContent : '');
+  b.setAttribute('data-headline-bottom', String(table ? Math.round(table.getBoundingClientRect().bottom) : -1));
   b.setAttribute('data-probe', 'done');
 });
 </script>"""
@@ -365,3 +540,37 @@ def test_report_opens_in_a_headless_browser(runs, tmp_path):
     assert "<title>vpop report: runs</title>" in dom
     for heading in ("Simulation: runs/sim", "Biomarker trajectories by maximum grade", "Config and versions"):
         assert heading in dom
+
+
+@pytest.mark.parametrize("width,print_rules", [(1400, False), (718, True)], ids=["1400px", "print-width"])
+def test_every_page_type_fits_the_width_in_a_browser(runs, tmp_path, width, print_rules):
+    """At a wide screen and at A4 print width (718 CSS px, print rules applied): no element wider than the page,
+    no table or block that must scroll or clips, and the headline table on the first screen."""
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("VPOP_REQUIRE_BROWSER") == "1":
+            pytest.fail("VPOP_REQUIRE_BROWSER=1 but no chromium, chromium-browser or google-chrome on PATH")
+        pytest.skip("no headless browser (chromium, chromium-browser, google-chrome) on PATH")
+    page = tmp_path / "page.html"
+    assert main(["report", str(runs), "--out", str(page), "--sample", "20"]) == 0
+    text = page.read_text(encoding="utf-8")
+    if print_rules:  # what the printer lays out: the print rules, on a page as wide as A4's printable width
+        text = text.replace("@media print {", "@media all {")
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    res = _run_browser(browser, tmp_path / "profile", f"--window-size={width},900", "--dump-dom",
+                       probe.resolve().as_uri())
+    body = re.search(r"<body([^>]*)>", res.stdout)
+    assert body, (res.returncode, res.stderr[-2000:])
+    attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', body.group(1)))
+    assert attrs.get("data-probe") == "done", attrs
+    assert int(attrs["data-docwidth"]) <= int(attrs["data-viewport"]), attrs
+    assert attrs["data-nbad"] == "0", attrs["data-bad"]
+    assert attrs["data-headline"] == "Headline: runs/sim"
+    assert 0 < int(attrs["data-headline-bottom"]) <= 900, attrs  # the answer is on the first screen
+    shots = os.environ.get("VPOP_REPORT_SCREENSHOT_DIR")
+    if shots:
+        for tall in (900, 6000):
+            out = Path(shots) / f"report-{width}-{tall}.png"
+            _run_browser(browser, tmp_path / f"profile-shot-{tall}", f"--screenshot={out}",
+                         f"--window-size={width},{tall}", probe.resolve().as_uri())

@@ -65,6 +65,8 @@ def pct(v, digits: int = 1) -> str:
 def pct_ci(v, lo, hi) -> str:
     if v is None or not np.isfinite(v):
         return "–"
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{100 * v:.1f}% (no interval)"  # e.g. a rate given by escalate --p-true
     return f"{100 * v:.1f}% ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
@@ -75,6 +77,8 @@ def num(v, digits: int = 3) -> str:
         return f"{v:,}"
     if 1000 <= abs(v) < 1e6:
         return f"{v:,.0f}"
+    if abs(v) >= 1e6:
+        return F.readable(float(f"{v:.{digits}g}"))  # 2 million, not 2e+06
     return f"{v:.{digits}g}"
 
 
@@ -118,6 +122,11 @@ def render(sources: list[Source], directory: Path, sample: int = 30, seed: int =
     page = Page(f"vpop report: {directory.resolve().name}",
                 meta=f"Created {created} by vpop {__version__} from {directory}. "
                      f"{len(sources)} output(s) found.")
+    # the answer first: each simulation's headline rates and management, above the contents
+    for src in sources:
+        if isinstance(src, SimulationSource):
+            headline_section(page, src)
+    page.toc_here()
     page.heading("Outputs found", 2)
     page.table(pd.DataFrame({
         "output": [KIND_TITLES[s.kind] for s in sources],
@@ -169,6 +178,122 @@ def _days(src: SimulationSource) -> float:
     return float(np.nanmax(onset)) + 1 if np.isfinite(onset).any() else 28.0
 
 
+def _rate(mask) -> tuple[float, float, float, int, int]:
+    from vpop.stats import wilson_interval
+
+    mask = np.asarray(mask, dtype=bool)
+    k, n = int(mask.sum()), len(mask)
+    lo, hi = wilson_interval(k, n)
+    return (k / n if n else float("nan")), lo, hi, k, n
+
+
+def _rate_text(mask) -> str:
+    v, lo, hi, k, n = _rate(mask)
+    return f"{pct_ci(v, lo, hi)} — {k:,}/{n:,}"
+
+
+def trial_scales_of(cfg: dict, scales: dict[str, list[str]]) -> tuple[str, str, str] | None:
+    """(trial, CRS scale, ICANS scale) the config's trial reported with, where the run graded them."""
+    trial = cfg.get("trial") if isinstance(cfg, dict) else None
+    if not trial:
+        return None
+    from vpop.data import trial_scales
+
+    reported = trial_scales(str(trial))
+    crs = reported.get("crs", "astct")
+    icans = reported.get("neuro", "astct").removesuffix("_neuro")
+    if crs not in scales["crs"] or icans not in scales["icans"]:
+        return None
+    return str(trial), crs, icans
+
+
+_NEVER = 50.0  # a trigger grade above 5 (or a day/limit of 1e9) means "never" in a policy
+
+
+def management_words(pol: dict) -> str:
+    """The management policy of a config.yaml in one line of words."""
+    if not pol:
+        return "not recorded"
+    parts = []
+
+    def grade(key):
+        v = pol.get(key)
+        return v if isinstance(v, (int, float)) and v <= 5 else None
+
+    scale = lambda key: F.scale_name(str(pol.get(key, "astct")))  # noqa: E731
+    toci = grade("toci_trigger_grade")
+    if toci is not None:
+        dose = pol.get("toci_mg_per_kg")
+        cap = pol.get("toci_max_dose_mg")
+        parts.append(f"tocilizumab {dose:g} mg/kg" + (f" (at most {cap:g} mg)" if isinstance(cap, (int, float)) else "")
+                     + f" from CRS grade ≥ {toci:g} ({scale('crs_trigger_scale')})")
+    dex_c, dex_i = grade("dex_crs_trigger_grade"), grade("dex_icans_trigger_grade")
+    if dex_c is not None or dex_i is not None:
+        when = " or ".join(x for x in (f"CRS grade ≥ {dex_c:g}" if dex_c is not None else "",
+                                       f"ICANS grade ≥ {dex_i:g}" if dex_i is not None else "") if x)
+        parts.append(f"dexamethasone {pol.get('dex_dose_mg', 10):g} mg every {pol.get('dex_interval_hours', 6):g} h "
+                     f"from {when}")
+    mp_c, mp_i = grade("mp_crs_trigger_grade"), grade("mp_icans_trigger_grade")
+    if mp_c is not None or mp_i is not None:
+        when = " or ".join(x for x in (f"CRS grade ≥ {mp_c:g}" if mp_c is not None else "",
+                                       f"ICANS grade ≥ {mp_i:g}" if mp_i is not None else "") if x)
+        parts.append(f"methylprednisolone {pol.get('mp_dose_mg', 1000):g} mg from {when}")
+    ana_c, ana_i = grade("anakinra_crs_trigger_grade"), grade("anakinra_icans_trigger_grade")
+    if ana_c is not None or ana_i is not None:
+        parts.append(f"anakinra {pol.get('anakinra_dose_mg', 100):g} mg")
+    if pol.get("prophylactic_dex_days"):
+        parts.append(f"prophylactic dexamethasone {pol.get('prophylactic_dex_mg', 10):g} mg on day(s) "
+                     + ", ".join(f"{d:g}" for d in pol["prophylactic_dex_days"]))
+    if pol.get("antipyretics"):
+        parts.append("antipyretics for fever")
+    name = str(pol.get("name", "policy"))
+    return f"{name}: " + ("; ".join(parts) if parts else "no anti-cytokine treatment")
+
+
+def headline_section(page: Page, src: SimulationSource) -> None:
+    """The answer first: rates with 95% intervals under ASTCT and under the trial's scale, and the management given."""
+    pts = src.patients
+    ok = pts[pts["solver_status"] != "nonfinite"]
+    page.heading(f"Headline: {src.label}", 2)
+    if len(ok) == 0:
+        page.note("Every patient's solve failed (solver_status nonfinite): nothing to summarise.", warning=True)
+        return
+    cfg = src.config if isinstance(src.config, dict) else {}
+    scales = _scales(pts)
+    trial = trial_scales_of(cfg, scales)
+    failed = len(pts) - len(ok)
+    page.paragraph(f"{len(ok):,} virtual patients" + (f" ({failed:,} failed solves left out)" if failed else "")
+                   + (f" — {cfg['description']}" if cfg.get("description") else "") + ".")
+    rows = []
+    for kind, label in (("crs", "CRS"), ("icans", "ICANS")):
+        for g, words in ((1, "any grade"), (3, "grade ≥ 3")):
+            row = {"endpoint": f"{label} {words}",
+                   "ASTCT: % (95% CI) — patients": _rate_text(ok[_col(kind, "max_grade", "astct")] >= g)}
+            if trial is not None:
+                s = trial[1] if kind == "crs" else trial[2]
+                row[f"{trial[0]}'s scale: % (95% CI) — patients"] = (
+                    f"{_rate_text(ok[_col(kind, 'max_grade', s)] >= g)} ({F.scale_name(s)})")
+            rows.append(row)
+    if trial is not None:
+        note = (f"{trial[0]}, the trial this config is modelled on, reported CRS under {F.scale_name(trial[1])} and "
+                f"neurotoxicity under {F.scale_name(trial[2])}: compare its published rates with that column.")
+    elif cfg.get("trial"):
+        note = f"The run did not grade the scales {cfg['trial']} reported with, so only ASTCT is shown."
+    else:
+        note = "The config names no trial (trial:), so only ASTCT is shown."
+    page.table(pd.DataFrame(rows), "Maximum grade over the course: share of patients with 95% Wilson intervals. " + note)
+    pol = cfg.get("policy") if isinstance(cfg.get("policy"), dict) else {}
+    pairs = [("management given", management_words(pol))]
+    for col, label, test in (("tocilizumab_doses", "tocilizumab given", lambda v: v > 0),
+                             ("steroids_given", "corticosteroids given", lambda v: v.astype(bool)),
+                             ("anakinra_mg", "anakinra given", lambda v: v > 0)):
+        if col in ok.columns and (col != "anakinra_mg" or (ok[col] > 0).any()):
+            pairs.append((label, _rate_text(test(ok[col]))))
+    if "death_cause" in ok.columns:
+        pairs.append(("died of CRS or ICANS", _rate_text(ok["death_cause"].isin(["crs", "icans"]))))
+    page.key_values(pairs)
+
+
 def simulation_section(page: Page, src: SimulationSource, sample: int, seed: int) -> None:
     pts = src.patients
     ok = pts[pts["solver_status"] != "nonfinite"]
@@ -205,8 +330,8 @@ def cohort_subsection(page: Page, src: SimulationSource, ok: pd.DataFrame, days:
     product = cfg.get("product") if isinstance(cfg.get("product"), dict) else {}
     if product:
         dose = product.get("dose_per_kg")
-        dose_text = f"{dose:g} cells/kg" if isinstance(dose, (int, float)) else (
-            f"{product['flat_dose']:g} cells" if isinstance(product.get("flat_dose"), (int, float)) else "")
+        dose_text = f"{F.readable(dose)} cells/kg" if isinstance(dose, (int, float)) else (
+            f"{F.readable(product['flat_dose'])} cells" if isinstance(product.get("flat_dose"), (int, float)) else "")
         pairs.append(("product", ", ".join(str(x) for x in (product.get("name"), product.get("target"),
                                                            product.get("costimulation"), dose_text) if x)))
     pop = cfg.get("population") if isinstance(cfg.get("population"), dict) else {}
@@ -247,18 +372,6 @@ def cohort_subsection(page: Page, src: SimulationSource, ok: pd.DataFrame, days:
 
 def grades_subsection(page: Page, ok: pd.DataFrame, scales: dict[str, list[str]]) -> None:
     page.heading("Grade distributions by scale", 3)
-    if {"tocilizumab_doses", "steroids_given", "death_cause"} <= set(ok.columns):
-        from vpop.run.cohort import cohort_summary
-
-        summ = cohort_summary(ok)
-        page.table(pd.DataFrame({
-            "endpoint (ASTCT)": summ["endpoint"],
-            "value": [pct(v) if u == "fraction" else f"day {days_of(v)}" for v, u in zip(summ["value"], summ["unit"])],
-            "95% CI / IQR": [f"{pct(lo)}–{pct(hi)}" if u == "fraction" else f"{days_of(lo)}–{days_of(hi)}"
-                             for lo, hi, u in zip(summ["ci_low"], summ["ci_high"], summ["unit"])],
-            "patients": [f"{c:,}/{n:,}" for c, n in zip(summ["count"], summ["n"])],
-        }), "The headline rates printed by vpop simulate: Wilson 95% intervals for rates, median and IQR of the onset "
-            "day among patients with an onset.")
     records, index = [], []
     for kind in ("crs", "icans"):
         for s in scales[kind]:
@@ -292,6 +405,14 @@ def onset_subsection(page: Page, src: SimulationSource, ok: pd.DataFrame, scales
     n = len(ok)
     curves: dict[str, list] = {"CRS": [], "ICANS": []}
     rows = []
+
+    def row(kind, scale, what, w, denominator, who):
+        rows.append({"toxicity": kind, "scale": scale, "episode": what, "patients": who,
+                     "patients with onset": f"{len(w):,}", "% of patients": pct(len(w) / denominator),
+                     "median onset day (IQR)": (f"{np.median(w):.2f} ({np.quantile(w, 0.25):.2f}–"
+                                                f"{np.quantile(w, 0.75):.2f})") if len(w) else "–",
+                     "by day 3": pct((w <= 3).sum() / denominator), "by day 7": pct((w <= 7).sum() / denominator)})
+
     for kind in ("crs", "icans"):
         for s in scales[kind]:
             col = _col(kind, "onset_day", s)
@@ -299,32 +420,34 @@ def onset_subsection(page: Page, src: SimulationSource, ok: pd.DataFrame, scales
                 continue
             v = ok[col].to_numpy(dtype=float)
             t, y = _cumulative(v, n)
-            curves[kind.upper()].append((f"{F.scale_name(s)} any grade", t, y))
-            w = v[np.isfinite(v)]
-            rows.append({"toxicity": kind.upper(), "scale": F.scale_name(s), "patients with onset": f"{len(w):,}",
-                         "% of cohort": pct(len(w) / n),
-                         "median onset day (IQR)": (f"{np.median(w):.2f} ({np.quantile(w, 0.25):.2f}–"
-                                                    f"{np.quantile(w, 0.75):.2f})") if len(w) else "–",
-                         "by day 3": pct((w <= 3).sum() / n), "by day 7": pct((w <= 7).sum() / n)})
+            curves[kind.upper()].append((F.scale_name(s), "any grade", t, y))
+            row(kind.upper(), F.scale_name(s), "any grade", v[np.isfinite(v)], n, f"all {n:,}")
     severe_note = ""
     obs = src.observations
     if obs is not None:
-        m = obs["patient_id"].nunique()
+        # the same patients as the rest of the section: solved ones, so a curve ends at the table's rate
+        sample = obs[obs["patient_id"].isin(ok["patient_id"])]
+        m = sample["patient_id"].nunique()
+        who = f"all {m:,}" if m == n else f"sample of {m:,}"
         for kind in ("crs", "icans"):
             col = f"{kind}_grade_astct"
-            if col in obs.columns and m:
-                first = obs.loc[obs[col] >= 3].groupby("patient_id")["time_day"].min().to_numpy(dtype=float)
+            if col in sample.columns and m:
+                first = sample.loc[sample[col] >= 3].groupby("patient_id")["time_day"].min().to_numpy(dtype=float)
                 t, y = _cumulative(first, m)
-                curves[kind.upper()].append(("ASTCT grade ≥ 3", t, y))
+                what = "grade ≥ 3" + ("" if m == n else f" (sample of {m:,})")
+                curves[kind.upper()].append(("ASTCT", what, t, y))
+                row(kind.upper(), "ASTCT", "grade ≥ 3", first, m, who)
         if m < n:
-            severe_note = f" Grade ≥ 3 curves: the {m:,} patients of the trajectory sample."
+            severe_note = (f" Grade ≥ 3 curves come from the {m:,} patients whose trajectories were read, so they can "
+                           f"differ from the grade ≥ 3 rates of all {n:,} patients in the tables above.")
     page.figure(F.cumulative_incidence(curves, days),
-                "Percentage of patients whose first episode (grade ≥ 1) began by each day after infusion, under each "
-                "scale; where observations were written, also the first ASTCT grade ≥ 3 (dashed). Patients who died "
-                "before an onset count as never having one (a competing risk, no censoring: everyone is followed "
-                f"to the end of the simulation or death). The percentage in the legend is the final value.{severe_note}",
+                "Percentage of patients whose first episode began by each day after infusion: grade ≥ 1 under each "
+                "scale, and, where observations were written, the first ASTCT grade ≥ 3. Scales whose curves coincide "
+                "exactly are drawn once and named together. Patients who died before an onset count as never having "
+                "one (a competing risk, no censoring: everyone is followed to the end of the simulation or death). "
+                f"The legend gives each curve's final value, the '% of patients' of the table below.{severe_note}",
                 alt="cumulative incidence of onset")
-    page.table(pd.DataFrame(rows), "Onset of the first episode (grade ≥ 1), per scale.")
+    page.table(pd.DataFrame(rows), "Onset of the first episode of each curve in the figure above, per scale.")
 
 
 def swimmer_subsection(page: Page, src: SimulationSource, sample: int, seed: int, days: float) -> None:
@@ -346,9 +469,10 @@ def swimmer_subsection(page: Page, src: SimulationSource, sample: int, seed: int
     order = worst["patient_id"].tolist()
     page.figure(F.swimmer(sub, order, crs_col, icans_col, days),
                 f"ASTCT grade at every assessment for {len(order)} patients drawn at random (seed {seed}) from "
-                f"{len(ids):,}, the most severe at the top. Each lane is one patient (labelled by patient_id): CRS in "
-                "the upper bar, ICANS in the lower; an assessment's grade colours the interval since the previous "
-                "assessment. ▼ first tocilizumab, ◆ first corticosteroid, ✕ death (the lane ends there).",
+                f"{len(ids):,}, the most severe at the top. CRS on the left, ICANS on the right; each lane is one "
+                "patient (labelled by patient_id), in the same order in both panels; an assessment's grade colours "
+                "the interval since the previous assessment. ▼ first tocilizumab, ◆ first corticosteroid, ✕ death "
+                "(the lane ends there).",
                 alt="swimmer plot of grades over time")
 
 
@@ -408,6 +532,7 @@ def sweep_section(page: Page, src: SweepSource) -> None:
                      ("scales", ", ".join(F.scale_name(s) for s in dict.fromkeys(t["scale"]) if s))])
     rates = t[t["kind"] == "rate"]
     x, numeric = _x_factor(t, varying)
+    x_label, x_div = F.factor_label(x, t[x] if numeric else None) if x else ("cell", 1.0)
     others = [f for f in varying if f != x]
     page.heading("Dose–toxicity curves", 3)
     has_post = "post_value" in t.columns and t["post_value"].notna().any()
@@ -418,7 +543,7 @@ def sweep_section(page: Page, src: SweepSource) -> None:
             d = rates[(rates["endpoint"] == ep) & (rates["scale"] == s)]
             if d.empty:
                 continue
-            d = d.assign(x=d[x] if x else "all",
+            d = d.assign(x=(d[x] / x_div if numeric else d[x]) if x else "all",
                          series=d[others].astype(str).agg(", ".join, axis=1) if len(others) == 1 else
                          d[others].apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1) if others
                          else "")
@@ -428,8 +553,8 @@ def sweep_section(page: Page, src: SweepSource) -> None:
         series = list(dict.fromkeys(panels[0][1]["series"]))
         xs = sorted(dict.fromkeys(panels[0][1]["x"])) if numeric else list(dict.fromkeys(panels[0][1]["x"]))
         log_x = bool(numeric and min(xs) > 0 and max(xs) / min(xs) >= 4)
-        fig = F.dose_toxicity(panels, x or "cell", log_x, None if numeric else xs, series)
-        page.figure(fig, f"Rates under the {F.scale_name(s)} scale against {x or 'the cell'}"
+        fig = F.dose_toxicity(panels, x_label, log_x, None if numeric else xs, series)
+        page.figure(fig, f"Rates under the {F.scale_name(s)} scale against {x_label if x else 'the cell'}"
                     + (f", one line per {' × '.join(others)}" if others else "")
                     + ": points are the simulated rates, bars their Wilson 95% intervals (sampling only)"
                     + ("; the shaded band is the posterior-predictive 95% interval, which also carries the fitted "
@@ -441,7 +566,12 @@ def sweep_section(page: Page, src: SweepSource) -> None:
     keys = ["cell"] if "cell" in t.columns else factors
     graded, care = [], []
     for _, d in t.groupby(keys, sort=True):
-        base = {f: d[f].iloc[0] for f in (["cell"] if "cell" in t.columns else []) + varying}
+        base = {}
+        for f in (["cell"] if "cell" in t.columns else []) + varying:
+            label, div = F.factor_label(f, t[f]) if f != "cell" and pd.api.types.is_numeric_dtype(t[f]) else (
+                (F.factor_label(f)[0] if f != "cell" else "cell"), 1.0)
+            v = d[f].iloc[0]
+            base[label] = F.readable(v / div) if isinstance(v, (int, float, np.number)) and f != "cell" else v
         row_g, row_c = dict(base), dict(base)
         for ep in SWEEP_PANELS:
             r = d[(d["endpoint"] == ep) & (d["scale"] == primary) & (d["kind"] == "rate")]

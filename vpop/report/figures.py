@@ -7,6 +7,7 @@ page encodes it). Nothing here reads or writes files.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,11 @@ COVARIATE_LABELS = {
     "age_years": "age (years)", "weight_kg": "weight (kg)", "tumor_burden": "tumour burden (1 = LBCL median)",
     "ldh": "LDH (U/L)", "platelets0": "platelets (10⁹/L)", "crp0": "CRP (mg/L)", "ferritin0": "ferritin (ng/mL)",
     "creatinine": "creatinine (mg/dL)", "ang2_0": "Ang-2 (ng/mL)", "nfl0": "NfL (pg/mL)", "easix": "EASIX",
-    "m_easix": "m-EASIX", "car_dose_per_kg": "CAR-T dose (cells/kg)", "ld_intensity": "lymphodepletion intensity",
+    "m_easix": "m-EASIX", "car_dose_per_kg": "CAR-T dose (cells/kg)",
+    "ld_intensity": "lymphodepletion intensity (1 = Flu 30/Cy 500 mg/m² × 3 days)",
 }
+# Covariates drawn in millions on figures (their plain values are six-digit or more).
+COVARIATE_MILLIONS = {"car_dose_per_kg": "CAR-T dose (million cells/kg)"}
 
 
 def _fig(height: float, width: float = WIDTH) -> Figure:
@@ -63,7 +67,49 @@ def _fig(height: float, width: float = WIDTH) -> Figure:
 
 
 def _plain(v, _pos=None) -> str:
+    """A tick label a reader can say: 0.5, 300, 10,000, 2 million (never 1e+06 or 500000)."""
+    return readable(v)
+
+
+def readable(v) -> str:
+    v = float(v)
+    if not np.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a >= 1e9:
+        return f"{v / 1e9:.3g} billion"
+    if a >= 1e6:
+        return f"{v / 1e6:.3g} million"
+    if a >= 1e4:
+        return f"{v:,.0f}"
     return f"{v:g}"
+
+
+# Sweep factors and dose columns, in words with units. Values of a factor whose
+# unit is a count of cells are shown in millions (axis label says so).
+FACTOR_LABELS = {
+    "dose": ("CAR-T dose (million cells/kg)", 1e6),
+    "dose_per_kg": ("CAR-T dose (million cells/kg)", 1e6),
+    "flat_dose": ("CAR-T dose (million cells)", 1e6),
+    "dose_multiplier": ("dose (multiple of the config's dose)", 1.0),
+    "policy": ("management policy", 1.0),
+    "config": ("config", 1.0),
+}
+FIELD_WORDS = {"center": "typical value", "spread": "spread", "low": "lower bound", "high": "upper bound"}
+
+
+def factor_label(name: str, values=None) -> tuple[str, float]:
+    """(axis label in words with units, divisor for the values) of a sweep factor or table column."""
+    if name in FACTOR_LABELS:
+        label, div = FACTOR_LABELS[name]
+        if div != 1.0 and values is not None and np.nanmax(np.abs(np.asarray(values, dtype=float))) < 1e4:
+            return label.replace("million ", ""), 1.0  # already small numbers (e.g. in millions already)
+        return label, div
+    for suffix, word in FIELD_WORDS.items():
+        if name.endswith("_" + suffix):
+            base = name[: -len(suffix) - 1]
+            return f"{COVARIATE_LABELS.get(base, base.replace('_', ' '))}: {word}", 1.0
+    return COVARIATE_LABELS.get(name, name.replace("_", " ")), 1.0
 
 
 def log_ticks(ax, axis: str = "y") -> None:
@@ -97,14 +143,18 @@ def covariate_histograms(patients: pd.DataFrame, columns: list[str]) -> Figure:
     for ax, name in zip(axes.flat, columns):
         v = patients[name].to_numpy(dtype=float)
         v = v[np.isfinite(v)]
+        title = COVARIATE_LABELS.get(name, name)
+        if name in COVARIATE_MILLIONS:
+            v, title = v / 1e6, COVARIATE_MILLIONS[name]
         wide = len(v) and v.min() > 0 and v.max() / v.min() > 20
         bins = np.geomspace(v.min(), v.max(), 25) if wide else 25
         ax.hist(v, bins=bins, color="#6a8caf", edgecolor="white", linewidth=0.4)
         if wide:
             ax.set_xscale("log")
             log_ticks(ax, "x")
-        ax.set_title(COVARIATE_LABELS.get(name, name), fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.xaxis.get_major_formatter().set_useOffset(False) if not wide else None
         ax.set_yticks([])
     for ax in list(axes.flat)[len(columns):]:
         ax.set_visible(False)
@@ -148,77 +198,105 @@ def grade_distribution(counts: pd.DataFrame) -> Figure:
     return fig
 
 
-def cumulative_incidence(curves: dict[str, list[tuple[str, np.ndarray, np.ndarray]]], days: float) -> Figure:
-    """Cumulative incidence (% of patients) of onset over time.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
-    `curves`: {"CRS": [(label, times, cumulative %), ...], "ICANS": [...]};
-    the first curve of each panel is drawn solid, later ones in other styles.
+
+def merge_identical(curves: list[tuple[str, str, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Curves (scale, what, times, %) that coincide exactly become one labelled line naming every scale.
+
+    Six scales often give the same onset curve (onset is the first fever
+    under all of them); drawn apart, they would hide one another.
+    """
+    groups: dict[tuple, list] = {}
+    for scale, what, t, y in curves:
+        key = (what, np.asarray(t, float).tobytes(), np.asarray(y, float).tobytes())
+        groups.setdefault(key, [what, [], t, y])[1].append(scale)
+    out = []
+    for what, scales, t, y in groups.values():
+        names = ", ".join(scales)
+        same = " (identical)" if len(scales) > 1 else ""
+        out.append((f"{names}{same}: {what}", t, y))
+    return out
+
+
+def cumulative_incidence(curves: dict[str, list[tuple[str, str, np.ndarray, np.ndarray]]], days: float) -> Figure:
+    """Cumulative incidence (% of patients) of onset over time, one panel per toxicity.
+
+    `curves`: {"CRS": [(scale, what, times, cumulative %), ...], "ICANS": [...]}.
+    Identical curves are merged into one line (`merge_identical`); every line
+    left has its own colour, line style and marker, and the legend (outside
+    the data, right of each panel) gives each line's final value.
     """
     kinds = [k for k in ("CRS", "ICANS") if curves.get(k)]
-    fig = _fig(3.4)
-    axes = fig.subplots(1, len(kinds), squeeze=False, sharey=True)[0]
+    fig = _fig(2.7 * len(kinds) + 0.5)
+    axes = fig.subplots(len(kinds), 1, squeeze=False, sharex=True)[:, 0]
     for ax, kind in zip(axes, kinds):
-        for i, (label, t, y) in enumerate(curves[kind]):
-            ax.step(np.r_[0.0, t, days], np.r_[0.0, y, y[-1] if len(y) else 0.0], where="post",
-                    color=SERIES_COLORS[i % len(SERIES_COLORS)], ls=SCALE_STYLES[i % len(SCALE_STYLES)], lw=1.6,
-                    label=f"{label} ({y[-1] if len(y) else 0:.0f}%)")
+        for i, (label, t, y) in enumerate(merge_identical(curves[kind])):
+            final = y[-1] if len(y) else 0.0
+            xs, ys = np.r_[0.0, t, days], np.r_[0.0, y, final]
+            ax.step(xs, ys, where="post", color=SERIES_COLORS[i % len(SERIES_COLORS)],
+                    ls=SCALE_STYLES[i % len(SCALE_STYLES)], lw=1.6, marker=MARKERS[i % len(MARKERS)], ms=4.5,
+                    markevery=max(1, len(xs) // 7),
+                    label=textwrap.fill(f"{label} — {final:.1f}% by day {days:g}", 44, subsequent_indent="  "))
         ax.set_xlim(0, days)
         ax.set_ylim(0, 100)
-        ax.set_xlabel("day after infusion", fontsize=8)
-        ax.set_title(f"{kind} onset", fontsize=10)
+        ax.set_title(f"{kind} onset", fontsize=10, loc="left")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("% of patients with onset by day", fontsize=8)
+        ax.set_ylabel("% of patients with onset by day", fontsize=8)
+    axes[-1].set_xlabel("day after infusion", fontsize=8)
     return fig
 
 
 def swimmer(obs: pd.DataFrame, order: list, crs_col: str, icans_col: str, days: float) -> Figure:
-    """Per-patient CRS (upper) and ICANS (lower) grade over time, one lane per patient.
+    """Per-patient grade over time in two panels, CRS (left) and ICANS (right), one lane per patient.
 
     The grade of an assessment colours the interval since the previous one
-    (the worst signs over that interval). Markers: first tocilizumab (▼),
-    first corticosteroid (◆), death (✕).
+    (the worst signs over that interval). Markers: first tocilizumab (▼, CRS
+    panel), first corticosteroid (◆, both), death (✕, both).
     """
+    from matplotlib.lines import Line2D
+
     n = len(order)
-    fig = _fig(1.1 + 0.26 * n)
-    ax = fig.subplots()
+    fig = _fig(1.2 + 0.22 * n)
+    ax_crs, ax_icans = fig.subplots(1, 2, sharey=True)
     lanes = {pid: n - 1 - i for i, pid in enumerate(order)}
     by_patient = dict(tuple(obs.groupby("patient_id", sort=False)))
-    for pid in order:
-        d = by_patient.get(pid)
-        if d is None or d.empty:
-            continue
-        y = lanes[pid]
-        t = d["time_day"].to_numpy(dtype=float)
-        start = np.r_[t[0], t[:-1]]
-        for col, y0 in ((crs_col, y + 0.04), (icans_col, y - 0.38)):
+    for ax, col, title, drugs in ((ax_crs, crs_col, "CRS (ASTCT grade)", ("tocilizumab_given", "steroids_given")),
+                                  (ax_icans, icans_col, "ICANS (ASTCT grade)", ("steroids_given",))):
+        for pid in order:
+            d = by_patient.get(pid)
+            if d is None or d.empty:
+                continue
+            y = lanes[pid]
+            t = d["time_day"].to_numpy(dtype=float)
+            start = np.r_[t[0], t[:-1]]
             g = d[col].to_numpy(dtype=int)
             for grade in range(6):
                 m = (g == grade) & (t > start)
                 if m.any():
-                    ax.broken_barh(list(zip(start[m], (t - start)[m])), (y0, 0.34), facecolors=GRADE_COLORS[grade],
-                                   linewidth=0)
-        for col, marker, color, dy in (("tocilizumab_given", "v", "#2166ac", 0.46),
-                                       ("steroids_given", "D", "#762a83", 0.46)):
-            if col in d.columns:
-                first = np.flatnonzero(d[col].to_numpy(dtype=bool))
-                if len(first):
-                    ax.plot(t[first[0]], y + dy, marker=marker, color=color, ms=4.5, ls="none", clip_on=False)
-        if "death_cause" in d.columns and str(d["death_cause"].iloc[-1]) != "none":
-            ax.plot(t[-1], y, marker="X", color="black", ms=7, ls="none")
-    for y in range(n - 1):
-        ax.axhline(y + 0.5, color="#bbbbbb", lw=0.4)
-    ax.set_yticks(list(lanes.values()), [str(p) for p in lanes], fontsize=7)
-    ax.set_ylim(-0.6, n - 0.3)
-    ax.set_xlim(0, days)
-    ax.set_xlabel("day after infusion (each lane: CRS above, ICANS below)", fontsize=8)
-    ax.set_ylabel("patient", fontsize=8)
-    ax.tick_params(axis="x", labelsize=7)
-    ax.grid(axis="x", alpha=0.3)
+                    ax.broken_barh(list(zip(start[m], (t - start)[m])), (y - 0.32, 0.64),
+                                   facecolors=GRADE_COLORS[grade], linewidth=0)
+            for drug in drugs:
+                marker, color = ("v", "#2166ac") if drug == "tocilizumab_given" else ("D", "#762a83")
+                if drug in d.columns:
+                    first = np.flatnonzero(d[drug].to_numpy(dtype=bool))
+                    if len(first):
+                        ax.plot(t[first[0]], y + 0.3, marker=marker, color=color, ms=4.5, ls="none", clip_on=False)
+            if "death_cause" in d.columns and str(d["death_cause"].iloc[-1]) != "none":
+                ax.plot(t[-1], y, marker="X", color="black", ms=7, ls="none")
+        for y in range(n - 1):
+            ax.axhline(y + 0.5, color="#bbbbbb", lw=0.4)
+        ax.set_xlim(0, days)
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_xlabel("day after infusion", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    ax_crs.set_yticks(list(lanes.values()), [str(p) for p in lanes], fontsize=7)
+    ax_crs.set_ylim(-0.6, n - 0.4)
+    ax_crs.set_ylabel("patient (patient_id)", fontsize=8)
     handles = [Patch(color=GRADE_COLORS[g], label=f"grade {g}") for g in range(6)]
-    from matplotlib.lines import Line2D
-
     handles += [Line2D([], [], marker="v", color="#2166ac", ls="none", label="first tocilizumab"),
                 Line2D([], [], marker="D", color="#762a83", ls="none", ms=4, label="first corticosteroid"),
                 Line2D([], [], marker="X", color="black", ls="none", label="death")]
@@ -252,19 +330,26 @@ def biomarker_bands(bands: dict[str, dict[int, pd.DataFrame]], markers: list[Bio
             c = GROUP_COLORS[k]
             ax.fill_between(q["time_day"], q["p10"], q["p90"], color=c, alpha=0.13, lw=0)
             ax.fill_between(q["time_day"], q["p25"], q["p75"], color=c, alpha=0.28, lw=0)
-            ax.plot(q["time_day"], q["p50"], color=c, lw=1.5,
-                    label=f"max {b.by.upper()} {GROUPS[k]} (n={group_sizes[b.by][k]})")
+            ax.plot(q["time_day"], q["p50"], color=c, lw=1.5)
         if b.log:
             ax.set_yscale("log")
             log_ticks(ax, "y")
         ax.set_title(f"{b.label}{' (' + b.unit + ')' if b.unit else ''} by max {b.by.upper()} grade", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="major")
-        ax.legend(fontsize=6.5, loc="best")
     for ax in axes[-1]:
         ax.set_xlabel("day after infusion", fontsize=8)
     for ax in list(axes.flat)[len(markers):]:
         ax.set_visible(False)
+    # one legend per grouping, below the panels (the colours mean the same grade groups in every panel)
+    from matplotlib.lines import Line2D
+
+    kinds = list(dict.fromkeys(b.by for b in markers))
+    for kind, loc in zip(kinds, ("outside lower left", "outside lower right")):
+        handles = [Line2D([], [], color=GROUP_COLORS[k], lw=2,
+                          label=f"{GROUPS[k]} (n={group_sizes[kind].get(k, 0)})") for k in range(3)]
+        fig.legend(handles=handles, loc=loc, ncols=3, fontsize=7, frameon=False,
+                   title=f"maximum {kind.upper()} grade (panels grouped by {kind.upper()})", title_fontsize=7)
     return fig
 
 
@@ -378,7 +463,8 @@ def escalation(oc: pd.DataFrame, p_no_mtd: float | None, target: float | None) -
     """P(select as MTD), patients treated per dose, and the true DLT rate with its 95% interval."""
     fig = _fig(3.2)
     a1, a2, a3 = fig.subplots(1, 3)
-    labels = [f"{lv}\n{d}" for lv, d in zip(oc["level"], oc["dose"])]
+    labels = [f"{lv}\n{readable(d) if isinstance(d, (int, float, np.number)) else d}"
+              for lv, d in zip(oc["level"], oc["dose"])]
     x = np.arange(len(oc))
     sel = oc["p_select"].to_numpy(dtype=float) * 100
     bars_x, bars_v, bars_l = list(x), list(sel), list(labels)
@@ -395,21 +481,26 @@ def escalation(oc: pd.DataFrame, p_no_mtd: float | None, target: float | None) -
     a2.bar(x, oc["mean_dlts"], color="#d73027", width=0.5, label="DLTs")
     a2.set_xticks(x, labels, fontsize=7)
     a2.set_title("mean per trial", fontsize=9)
-    a2.legend(fontsize=7)
     v = oc["true_dlt_rate"].to_numpy(dtype=float) * 100
     lo = oc["true_ci_low"].to_numpy(dtype=float) * 100
     hi = oc["true_ci_high"].to_numpy(dtype=float) * 100
     a3.errorbar(x, v, yerr=[v - lo, hi - v], fmt="o-", color="#d73027", capsize=3, ms=4)
     if target is not None:
-        a3.axhline(target * 100, color="black", ls="--", lw=0.8, label=f"target {target * 100:.0f}%")
-        a3.legend(fontsize=7)
+        a3.axhline(target * 100, color="black", ls="--", lw=0.8, label=f"target DLT rate {target * 100:.0f}%")
     a3.set_xticks(x, labels, fontsize=7)
     a3.set_ylim(bottom=0)
     a3.set_title("true DLT rate (95% interval)", fontsize=9)
+    a2.set_ylabel("patients per trial", fontsize=8)
+    a3.set_ylabel("% of patients with a DLT", fontsize=8)
     for ax in (a1, a2, a3):
         ax.tick_params(labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-        ax.set_xlabel("dose level / dose", fontsize=8)
+        ax.set_xlabel("dose level (dose)", fontsize=8)
+    handles, labels_ = [], []
+    for ax in (a2, a3):
+        h, lab = ax.get_legend_handles_labels()
+        handles, labels_ = handles + h, labels_ + lab
+    fig.legend(handles, labels_, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
     return fig
 
 
@@ -434,7 +525,6 @@ def observed_vs_predicted(pred: pd.DataFrame) -> Figure:
         if cens.any():
             ax.plot(m[cens], d["DV"].to_numpy(dtype=float)[cens], "v", mfc="none", ms=5, color="#d73027",
                     label="below LLOQ (at LLOQ)")
-            ax.legend(fontsize=7)
         vals = d[["DV", "pred_q05", "pred_q95"]].to_numpy(dtype=float)
         vals = vals[np.isfinite(vals) & (vals > 0)]
         if len(vals):
@@ -445,11 +535,14 @@ def observed_vs_predicted(pred: pd.DataFrame) -> Figure:
             log_ticks(ax, "x")
             log_ticks(ax, "y")
         ax.set_title(str(a), fontsize=9)
-        ax.set_xlabel("predicted (median, 90% band)", fontsize=8)
-        ax.set_ylabel("observed", fontsize=8)
+        ax.set_xlabel("predicted value (posterior median, 90% band)", fontsize=8)
+        ax.set_ylabel("observed value", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(analytes):]:
         ax.set_visible(False)
+    handles = {lab: h for ax in axes.flat for h, lab in zip(*ax.get_legend_handles_labels())}
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=7, frameon=False)
     return fig
 
 

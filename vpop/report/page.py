@@ -47,9 +47,12 @@ figure { margin: 12px 0 20px; }
 figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; border: 1px solid var(--rule); }
 figcaption, .caption { color: var(--muted); font-size: 13px; margin-top: 6px; }
 .tablewrap .caption { margin: 4px 0 0; max-width: 940px; }
-.tablewrap { overflow-x: auto; margin: 8px 0 18px; }
-table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
-th, td { border-bottom: 1px solid var(--rule); padding: 3px 9px; text-align: left; white-space: nowrap; }
+.tablewrap { margin: 8px 0 18px; max-width: 100%; }
+/* tables fit their column: cells wrap at spaces ("1,234 (12%)" over two lines) rather than scroll or clip */
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; max-width: 100%; }
+th, td { border-bottom: 1px solid var(--rule); padding: 3px 8px; text-align: left; white-space: normal;
+         overflow-wrap: break-word; }
+td.wrap { overflow-wrap: anywhere; }  /* file lists and paths: break anywhere rather than widen the table */
 th { background: var(--bg); font-weight: 600; white-space: normal; vertical-align: bottom; }
 td.num, th.num { text-align: right; }
 td.wrap, th.wrap { white-space: normal; }
@@ -57,12 +60,21 @@ td.wrap, th.wrap { white-space: normal; }
 .warning { border-left-color: #c0392b; background: #fbeaea; }
 details { margin: 8px 0 14px; }
 summary { cursor: pointer; color: var(--accent); }
-pre { background: #f3f4f6; border: 1px solid var(--rule); padding: 10px; overflow-x: auto; font-size: 12.5px;
-      line-height: 1.35; max-height: 480px; }
+pre { background: #f3f4f6; border: 1px solid var(--rule); padding: 10px; white-space: pre-wrap;
+      overflow-wrap: anywhere; font-size: 12.5px;
+      line-height: 1.35; max-height: 480px; overflow-y: auto; }
 dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 14px; margin: 8px 0; }
 dl.kv dt { color: var(--muted); }
-dl.kv dd { margin: 0; }
-@media print { body { background: #fff; } main { box-shadow: none; } details { display: block; } }
+dl.kv dd { margin: 0; overflow-wrap: anywhere; }
+@media print {
+  body { background: #fff; font-size: 12px; }
+  main { box-shadow: none; max-width: none; padding: 0; }
+  details { display: block; }
+  table { font-size: 10.5px; }
+  th, td { padding: 2px 5px; }
+  pre { white-space: pre-wrap; max-height: none; overflow: visible; }
+  figure, .tablewrap { break-inside: avoid; }
+}
 """
 
 
@@ -95,6 +107,7 @@ class Page:
         self.toc: list[tuple[int, str, str]] = []  # (level, anchor, title)
         self._ids: set[str] = set()
         self.n_figures = 0
+        self._toc_at: int | None = None  # index in blocks where the contents go (default: first)
 
     # --- blocks -------------------------------------------------------------------
 
@@ -104,6 +117,10 @@ class Page:
             self.toc.append((level, anchor, text))
         self.blocks.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
         return anchor
+
+    def toc_here(self) -> None:
+        """Put the table of contents here (blocks added before it come first: the answer before the index)."""
+        self._toc_at = len(self.blocks)
 
     def paragraph(self, text: str, css: str | None = None) -> None:
         cls = f' class="{css}"' if css else ""
@@ -169,11 +186,13 @@ class Page:
 
     def render(self) -> str:
         meta = f'<div class="meta">{html.escape(self.meta)}</div>' if self.meta else ""
+        at = self._toc_at or 0
+        blocks = self.blocks[:at] + [self._toc_html()] + self.blocks[at:]
         return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
                 "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
                 f"<title>{html.escape(self.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
-                f"<h1>{html.escape(self.title)}</h1>\n{meta}\n{self._toc_html()}\n"
-                + "\n".join(self.blocks) + "\n</main>\n</body>\n</html>\n")
+                f"<h1>{html.escape(self.title)}</h1>\n{meta}\n"
+                + "\n".join(blocks) + "\n</main>\n</body>\n</html>\n")
 
 
 _NUMBER = re.compile(r"^\s*[+\-−]?[\d.,∞]")
