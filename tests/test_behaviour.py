@@ -35,6 +35,18 @@ def cohorts(default_config):
     return get
 
 
+def paired_difference(a, b):
+    """Mean of a - b over paired patients and its 95 % normal interval (patients with either missing dropped).
+
+    For yes/no outcomes this is the paired difference of proportions: the variance of the per-patient
+    difference carries the within-patient correlation, so it is the right interval for same-patient arms.
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    mean, se = d.mean(), d.std(ddof=1) / np.sqrt(len(d))
+    return mean, mean - 1.959964 * se, mean + 1.959964 * se
+
+
 def _with_marginal(config, name, factor):
     spec = config.population
     m = spec.marginals[name]
@@ -76,8 +88,12 @@ def test_more_tumour_or_more_cells_raise_crs(cohorts, default_config, covariate)
 
     low = cohorts(f"{covariate}-low", cfg(1 / 3)).patients
     high = cohorts(f"{covariate}-high", cfg(3.0)).patients
+    np.testing.assert_array_equal(low.patient_id, high.patient_id)  # the same patients, 9-fold apart
     assert (high.crs_max_grade >= 2).mean() >= (low.crs_max_grade >= 2).mean() + 0.05
-    assert (high.crs_max_grade >= 1).mean() >= (low.crs_max_grade >= 1).mean()
+    # Any CRS becomes more frequent on the same patients (n = 300; measured: tumour +0.25 [0.20, 0.30],
+    # dose +0.027 [0.008, 0.045]); a mechanism that ignores tumour or dose gives an interval around 0.
+    effect, lower, upper = paired_difference(high.crs_max_grade >= 1, low.crs_max_grade >= 1)
+    assert lower > 0.0, (effect, lower, upper)
     assert high.peak_il6_pg_ml.median() > 1.15 * low.peak_il6_pg_ml.median()
 
 
@@ -99,9 +115,13 @@ def test_tocilizumab_calms_crs_raises_il6_and_spares_icans(cohorts):
     fever_t = _at(ob_t, first + 1.0, "temp_c") >= 38.0
     fever_u = _at(ob_u, first + 1.0, "temp_c") >= 38.0
     assert fever_t.mean() <= 0.5 * fever_u.mean()
-    hypo_t = _at(ob_t, first + 1.0, "hypotension")
-    hypo_u = _at(ob_u, first + 1.0, "hypotension")
-    assert np.nanmean(hypo_t) <= np.nanmean(hypo_u)
+    # Hypotension after the first dose, same patients untreated. Toci at grade 1 comes a day or more before
+    # hypotension would, so the whole rest of the course is compared (measured: -0.10 [-0.14, -0.07]).
+    after = ob_t.patient_id.map(first) < ob_t.time_day
+    hypo_t = ob_t[after].groupby("patient_id").hypotension.any().reindex(first.index)
+    hypo_u = ob_u[ob_u.patient_id.map(first) < ob_u.time_day].groupby("patient_id").hypotension.any().reindex(first.index)
+    effect, lower, upper = paired_difference(hypo_t, hypo_u)
+    assert upper < 0.0, (effect, lower, upper)
     # CRP falls, serum IL-6 rises (blocked receptor-mediated clearance).
     crp_ratio = _at(ob_t, first + 2.0, "crp_mg_l") / _at(ob_u, first + 2.0, "crp_mg_l")
     il6_ratio = _at(ob_t, first + 0.5, "il6_pg_ml") / _at(ob_u, first + 0.5, "il6_pg_ml")

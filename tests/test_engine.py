@@ -86,8 +86,16 @@ def test_failed_solve_is_flagged_and_counted_not_nan(default_config):
     status = np.asarray(summ["solver_status"])
     assert status[2] == engine.STATUS_NONFINITE
     assert (status[[0, 1, 3]] != engine.STATUS_NONFINITE).all()
+    # The failure stays with patient 2: the others' courses are those of a run where nothing broke.
+    clean_rows, _ = engine.compiled_batch(SETTINGS)(sample_patients(default_config, np.arange(4))[1], keys, pol)
+    for name in ("crs_grade_astct", "icans_grade_astct", "il6_pg_ml", "temp_c"):
+        np.testing.assert_array_equal(np.asarray(rows[name])[[0, 1, 3]], np.asarray(clean_rows[name])[[0, 1, 3]])
+    # Patient 2 is frozen at its last finite state (here the initial one), so its read-outs stay finite and
+    # its grades stay at the infusion-day grade instead of taking whatever a NaN compares to.
+    assert np.isfinite(np.asarray(rows["il6_pg_ml"])[2]).all()
     for name in ("crs_grade_astct", "icans_grade_astct"):
-        assert np.isfinite(np.asarray(rows[name], dtype=float)).all()
+        assert (np.asarray(rows[name])[2] == np.asarray(rows[name])[2, 0]).all(), name
+        assert np.asarray(rows[name])[2, 0] == 0, name
     table = cohort.patient_table(np.arange(4), {k: np.ones(4) for k in (*cohort.COVARIATES, "easix", "m_easix",
                                  "car_dose_per_kg", "ld_intensity", "female")},
                                  {k: np.asarray(v) for k, v in rows.items()},
