@@ -1,6 +1,7 @@
 """Inference: SVI (optax + autoguide) and NUTS; ArviZ output; diagnostics; posterior predictive.
 
     fit = run_svi(problem, steps=1000)          # or run_nuts(problem, chains=4, warmup=500, draws=500)
+                                                # or laplace.run_laplace(problem) (MAP + Laplace, the default)
     fit.idata.to_netcdf("posterior.nc")         # ArviZ InferenceData
     fit.diagnostics                             # R-hat, ESS, divergences, warnings
     fit.theta_summary()                         # posterior median and 90 % interval of each free parameter
@@ -8,8 +9,8 @@
 
 from __future__ import annotations
 
+import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import jax
@@ -17,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
+from numpyro.infer import NUTS, SVI, Trace_ELBO, init_to_sample, init_to_value
 from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 
+from vpop.errors import UserError
 from vpop.fitting.model import FitProblem
 from vpop.fitting.statistical_model import numpyro_model, population_model
+from vpop.fitting.unconstrained import Unconstrained
 
 RHAT_MAX = 1.01
 ESS_MIN_PER_CHAIN = 100
@@ -36,6 +39,7 @@ class FitResult:
     diagnostics: dict = field(default_factory=dict)
     losses: np.ndarray | None = None
     idata: object = None
+    covariates: tuple = ()  # names of estimated covariate effects (rows of cov_beta)
 
     def theta_draws(self) -> np.ndarray:
         """(chains * draws, F) draws of the typical values."""
@@ -58,45 +62,77 @@ class FitResult:
         return {name: float(np.median(om[:, j])) for j, name in enumerate(self.free)}
 
 
-def _model_and_args(problem, cohort, ignore_censoring=False, parameterisation="noncentred"):
+def model_and_args(problem, cohort, ignore_censoring=False, parameterisation="noncentred", options=None):
+    """(model, args, kwargs) of the patient-data model, or of the cohort-table-only model when `problem` is None."""
     if problem is None:
-        return population_model, (cohort.free, cohort.log_ref, _prior_sd(cohort.free), cohort), {}
-    return numpyro_model, (problem,), {"cohort": cohort, "ignore_censoring": ignore_censoring,
-                                       "parameterisation": parameterisation}
+        return population_model, (cohort.free, cohort.log_ref, prior_sd(cohort.free), cohort), {}
+    kwargs = {"cohort": cohort, "ignore_censoring": ignore_censoring, "parameterisation": parameterisation}
+    if options is not None:
+        kwargs["options"] = options.check(problem)
+    return numpyro_model, (problem,), kwargs
 
 
-def _prior_sd(free):
+def prior_sd(free):
     from vpop.fitting.model import prior_scale
 
     return np.array([prior_scale(f) for f in free])
 
 
-def _init_values(problem, cohort):
+def init_values(problem, cohort, options=None):
+    """The start of every estimator: the prior centre (reference typical values, no random effects)."""
     free = problem.free if problem is not None else cohort.free
     log_ref = problem.log_ref if problem is not None else cohort.log_ref
     init = {"log_theta": jnp.asarray(log_ref)}
     if problem is not None:
-        init["omega"] = 0.3 * jnp.ones(len(free))
+        F = len(free)
+        init["omega"] = 0.3 * jnp.ones(F)
         init["sigma"] = 0.3 * jnp.ones(max(1, len(problem.analytes)))
-        init["z"] = jnp.zeros((problem.n, len(free)))
-        init["eta"] = jnp.zeros((problem.n, len(free)))
+        init["z"] = jnp.zeros((problem.n, F))
+        init["eta"] = jnp.zeros((problem.n, F))
+        if options is not None:
+            if options.omega == "full":
+                init["L_corr"] = jnp.eye(F)
+            if options.covariate_names:
+                init["cov_beta"] = jnp.zeros((len(options.covariate_names), F))
+            if options.error == "combined":
+                from vpop.fitting.statistical_model import default_add_scale
+
+                scale = options.add_prior_scale if options.add_prior_scale is not None else default_add_scale(problem)
+                init["sigma_add"] = 0.1 * jnp.asarray(scale)
+                init["sigma"] = 0.2 * jnp.ones(max(1, len(problem.analytes)))
     return init
 
 
-GUIDES = ("normal", "mvn", "delta")
+POPULATION_SITES = ("log_theta", "omega", "sigma", "sigma_add", "cov_beta", "corr")
 
 
-def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: float = 0.02, guide: str = "normal",
+def keep_sites(name: str) -> bool:
+    """Sites written to the posterior (not the observations, factors or the Cholesky factor)."""
+    return name in ("log_theta", "theta", "omega", "sigma", "sigma_add", "cov_beta", "corr", "z", "eta") or \
+        name.endswith(("_beta", "_cutpoints"))
+
+
+GUIDES = ("mvn", "normal", "delta")
+
+
+def _say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: float = 0.02, guide: str = "mvn",
             draws: int = 1000, seed: int = 0, progress: bool = False, ignore_censoring: bool = False,
-            parameterisation: str = "noncentred") -> FitResult:
-    """SVI with optax Adam and a guide: "normal" (AutoNormal, mean-field), "mvn"
-    (AutoMultivariateNormal, full covariance: keeps the correlations between
-    typical values, omegas and random effects that mean-field drops) or "delta"
-    (AutoDelta, a point estimate)."""
+            parameterisation: str = "noncentred", options=None) -> FitResult:
+    """SVI with optax Adam and a guide: "mvn" (AutoMultivariateNormal, full covariance, the default: keeps
+    the correlations between typical values, omegas and random effects that mean-field drops), "normal"
+    (AutoNormal, mean-field: intervals too narrow, docs/fitting.md) or "delta" (AutoDelta, a point estimate).
+
+    The loss of every step is kept (`FitResult.losses`); with `progress` a line is printed every
+    tenth of the run. The time waits for JAX's asynchronous work (`block_until_ready`).
+    """
     if guide not in GUIDES:
         raise ValueError(f"guide {guide!r}: use one of {', '.join(GUIDES)}")
-    model, args, kwargs = _model_and_args(problem, cohort, ignore_censoring, parameterisation)
-    init = init_to_value(values=_init_values(problem, cohort))
+    model, args, kwargs = model_and_args(problem, cohort, ignore_censoring, parameterisation, options)
+    init = init_to_value(values=init_values(problem, cohort, options))
     if guide == "normal":
         g = AutoNormal(model, init_loc_fn=init, init_scale=0.05)
     elif guide == "mvn":
@@ -106,12 +142,20 @@ def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: floa
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(optax.exponential_decay(lr, steps, 0.1)))
     svi = SVI(model, g, optim, loss=Trace_ELBO())
     t0 = time.perf_counter()
-    res = svi.run(jax.random.PRNGKey(seed), steps, *args, progress_bar=progress, **kwargs)
+    state = svi.init(jax.random.PRNGKey(seed), *args, **kwargs)
+    update = jax.jit(lambda st: svi.update(st, *args, **kwargs))
+    trace = []  # device scalars: no host sync per step
+    every = max(1, steps // 10)
+    for i in range(steps):
+        state, loss = update(state)
+        trace.append(loss)
+        if progress and i % every == 0:
+            _say(f"SVI: step {i}/{steps}, loss {float(loss):.2f}, {time.perf_counter() - t0:.0f} s")
+    losses = np.asarray(jnp.stack(trace))
+    params = jax.block_until_ready(svi.get_params(state))
     seconds = time.perf_counter() - t0
-    losses = np.asarray(res.losses)
-    samples = g.sample_posterior(jax.random.PRNGKey(seed + 1), res.params, *args, sample_shape=(draws,), **kwargs)
-    samples = {k: np.asarray(v)[None] for k, v in samples.items() if k in ("log_theta", "theta", "omega", "sigma", "z", "eta")
-               or k.endswith(("_beta", "_cutpoints"))}
+    samples = g.sample_posterior(jax.random.PRNGKey(seed + 1), params, *args, sample_shape=(draws,), **kwargs)
+    samples = {k: np.asarray(v)[None] for k, v in samples.items() if keep_sites(k)}
     free = problem.free if problem is not None else cohort.free
     diag = {"method": "svi", "guide": guide, "steps": steps, "final_loss": float(np.mean(losses[-50:])),
             "finite": bool(np.all(np.isfinite(losses[-50:]))), "warnings": []}
@@ -121,54 +165,160 @@ def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: floa
     head = losses[-2 * max(10, steps // 10):-max(10, steps // 10)]
     if len(head) and np.isfinite(tail).all() and np.mean(head) - np.mean(tail) > 0.01 * abs(np.mean(tail)) + 1.0:
         diag["warnings"].append("SVI loss still falling over the last 10% of steps: increase --steps")
+    if guide == "normal":
+        diag["warnings"].append("mean-field guide (AutoNormal): intervals are too narrow (docs/fitting.md); use "
+                                "--guide mvn, --method laplace or --method nuts for uncertainty")
     out = FitResult("svi", free, samples, seconds, diag, losses)
     out.idata = to_inferencedata(out, problem)
     return out
 
 
-def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: int = 500, draws: int = 500,
-             seed: int = 0, progress: bool = False, chain_method: str = "sequential", target_accept: float = 0.8,
-             max_tree_depth: int = 8, parameterisation: str = "noncentred") -> FitResult:
-    """NUTS (numpyro.infer.MCMC) from the prior centre; chains run one after another on one CPU device.
+INIT_STRATEGIES = ("reference", "map", "sample")
+STATS = ("diverging", "num_steps", "accept_prob", "energy")
 
-    `parameterisation` of the random effects: "noncentred" or "centred" (`model.numpyro_model`).
+
+def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: int = 500, draws: int = 500,
+             seed: int = 0, progress: bool = False, target_accept: float = 0.8, max_tree_depth: int = 8,
+             dense_mass: bool = False, init: str = "reference", init_values_override: dict | None = None,
+             parameterisation: str = "noncentred", options=None, segment: int = 50, save_dir=None,
+             resume: bool = False, chain_method: str = "vectorized") -> FitResult:
+    """NUTS with its controls exposed; chains vectorised (one program steps every chain); run in segments.
+
+    The kernel is stepped `segment` iterations at a time (one compiled scan). After
+    each segment, with `save_dir`, the draws of that segment are appended to
+    `save_dir/nuts/` (one .npz per segment) with the sampler state, so a stopped run
+    keeps its draws and `resume=True` continues from the last saved segment (same
+    data, free set, chains and warm-up). With `progress` a line is printed per
+    segment (not a terminal progress bar: it also shows in logs).
+
+    init: "reference" (the prior centre), "map" (`init_values_override`, e.g. the
+    Laplace MAP) or "sample" (a prior draw per chain); "reference" and "map" add a
+    jitter of SD 0.1 per chain in the unconstrained space so the chains start apart.
+    `chain_method`: "vectorized" only (the sequential runner of numpyro recompiles per
+    chain and cannot be saved per segment).
     """
-    model, args, kwargs = _model_and_args(problem, cohort, parameterisation=parameterisation)
-    kernel = NUTS(model, init_strategy=init_to_value(values=_init_values(problem, cohort)),
-                  target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method,
-                progress_bar=progress)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "not enough devices to run parallel chains"
-        mcmc.run(jax.random.PRNGKey(seed), *args, extra_fields=("diverging", "num_steps"), **kwargs)
-    seconds = time.perf_counter() - t0
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    extra = mcmc.get_extra_fields(group_by_chain=True)
+    from vpop.fitting import checkpoint
+
+    if chain_method != "vectorized":
+        raise UserError(f"chain_method {chain_method!r}: only 'vectorized' is supported")
+    if init not in INIT_STRATEGIES:
+        raise UserError(f"--init {init!r}: use one of {', '.join(INIT_STRATEGIES)}")
+    model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
+    start = dict(init_values(problem, cohort, options))
+    if init == "map":
+        if init_values_override is None:
+            raise UserError("--init map: no MAP given")
+        start.update(init_values_override)
+    strategy = init_to_sample() if init == "sample" else init_to_value(values=start)
+    kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                  dense_mass=dense_mass)
     free = problem.free if problem is not None else cohort.free
+    meta = {"chains": chains, "warmup": warmup, "free": list(free), "n": problem.n if problem is not None else 0,
+            "parameterisation": parameterisation, "dense_mass": dense_mass, "max_tree_depth": max_tree_depth,
+            "target_accept": target_accept, "seed": seed}
+    u = Unconstrained(model, args, kwargs, start, seed)
+    t0 = time.perf_counter()
+    keys = jax.random.split(jax.random.PRNGKey(seed), chains)
+    init_params = None
+    if init != "sample":  # the chains start apart: jitter of SD 0.1 in the unconstrained space
+        jkeys = jax.random.split(jax.random.PRNGKey(seed + 7), len(u.tree0))
+        init_params = {k: v[None] + 0.1 * jax.random.normal(jk, (chains, *jnp.shape(v)))
+                       for jk, (k, v) in zip(jkeys, sorted(u.tree0.items()))}
+    state = kernel.init(keys, warmup, init_params, model_args=args, model_kwargs=kwargs)
+    done, saved = 0, []
+    if save_dir is not None and resume:
+        loaded = checkpoint.load(save_dir, meta)
+        if loaded is not None:
+            state, done, saved = loaded
+            if progress:
+                _say(f"NUTS: resuming at iteration {done} ({len(saved)} saved segments)")
+    elif save_dir is not None:
+        checkpoint.clear(save_dir)
+    total = warmup + draws
+
+    def make_scan(length):
+        def body(st, _):
+            st = kernel.sample(st, args, kwargs)
+            return st, (st.z, st.diverging, st.num_steps, st.accept_prob, st.energy)
+
+        return jax.jit(lambda st: jax.lax.scan(body, st, None, length=length))
+
+    scans = {}
+    while done < total:
+        length = min(segment, total - done)
+        if done < warmup:
+            length = min(length, warmup - done)  # a segment is all warm-up or all sampling
+        if length not in scans:
+            scans[length] = make_scan(length)
+        state, (z, div, nsteps, acc, energy) = scans[length](state)
+        jax.block_until_ready(state)
+        seg = {"z": {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in z.items()},
+               "diverging": np.swapaxes(np.asarray(div), 0, 1), "num_steps": np.swapaxes(np.asarray(nsteps), 0, 1),
+               "accept_prob": np.swapaxes(np.asarray(acc), 0, 1), "energy": np.swapaxes(np.asarray(energy), 0, 1),
+               "start": done, "warmup": done < warmup}
+        done += length
+        saved.append(seg)
+        if save_dir is not None:
+            checkpoint.save(save_dir, meta, state, seg, done, len(saved) - 1)
+        if progress:
+            phase = "warm-up" if seg["warmup"] else "sampling"
+            _say(f"NUTS: iteration {done}/{total} ({phase}), {time.perf_counter() - t0:.0f} s, mean leapfrog steps "
+                 f"{seg['num_steps'].mean():.1f}, divergences {int(seg['diverging'].sum())}")
+    seconds = time.perf_counter() - t0
+    kept = [s for s in saved if not s["warmup"]]
+    if not kept:
+        raise UserError("NUTS: no draws (--draws must be >= 1)")
+    zs = {k: np.concatenate([s["z"][k] for s in kept], axis=1) for k in kept[0]["z"]}
+    stats = {k: np.concatenate([s[k] for s in kept], axis=1) for k in STATS}
+    flat = np.concatenate([zs[k].reshape(*zs[k].shape[:2], -1) for k in sorted(zs)], axis=-1)
+    C, Dr = flat.shape[:2]
+    constrained = {k: np.asarray(v).reshape(C, Dr, *np.shape(v)[1:]) for k, v in u.constrain(flat.reshape(C * Dr, -1)).items()}
+    samples = {k: np.asarray(v) for k, v in constrained.items() if keep_sites(k)}
     out = FitResult("nuts", free, samples, seconds)
-    out.idata = to_inferencedata(out, problem, diverging=np.asarray(extra["diverging"]),
-                                 num_steps=np.asarray(extra["num_steps"]))
+    depth = tree_depth(stats["num_steps"])
+    out.idata = to_inferencedata(out, problem, diverging=stats["diverging"], num_steps=stats["num_steps"],
+                                 extra_stats={"tree_depth": depth, "acceptance_rate": stats["accept_prob"],
+                                              "energy": stats["energy"]})
     out.diagnostics = diagnostics(out.idata, chains)
-    out.diagnostics["mean_leapfrog_steps"] = float(np.mean(extra["num_steps"]))
+    out.diagnostics["mean_leapfrog_steps"] = float(np.mean(stats["num_steps"]))
+    warm = [s for s in saved if s["warmup"]]
+    if warm:
+        out.diagnostics["mean_leapfrog_steps_warmup"] = float(np.mean(np.concatenate([s["num_steps"] for s in warm], 1)))
+    out.diagnostics["max_tree_depth"] = max_tree_depth
+    out.diagnostics["hit_max_tree_depth"] = int((depth >= max_tree_depth).sum())
+    if out.diagnostics["hit_max_tree_depth"]:
+        out.diagnostics["warnings"].append(f"{out.diagnostics['hit_max_tree_depth']} draws hit the maximum tree depth "
+                                           f"({max_tree_depth}): raise --max-tree-depth or use --dense-mass")
     return out
 
 
-def to_inferencedata(fit: FitResult, problem: FitProblem | None, diverging=None, num_steps=None):
+def tree_depth(num_steps) -> np.ndarray:
+    """NUTS tree depth of each draw from its number of leapfrog steps (a depth-d tree has at most 2^d - 1)."""
+    n = np.maximum(np.asarray(num_steps), 1)
+    return np.ceil(np.log2(n + 1)).astype(np.int64)
+
+
+def to_inferencedata(fit: FitResult, problem: FitProblem | None, diverging=None, num_steps=None, extra_stats=None):
     """ArviZ InferenceData with named coordinates (param, analyte, patient)."""
     import arviz as az
 
     coords = {"param": list(fit.free)}
-    dims = {"log_theta": ["param"], "theta": ["param"], "omega": ["param"]}
+    dims = {"log_theta": ["param"], "theta": ["param"], "omega": ["param"], "corr": ["param", "param_"]}
+    coords["param_"] = list(fit.free)
     if problem is not None:
         coords["analyte"] = list(problem.analytes) or ["none"]
         coords["patient"] = [str(i) for i in problem.ids]
-        dims.update({"sigma": ["analyte"], "z": ["patient", "param"], "eta": ["patient", "param"]})
+        dims.update({"sigma": ["analyte"], "sigma_add": ["analyte"], "z": ["patient", "param"],
+                     "eta": ["patient", "param"]})
+        if "cov_beta" in fit.samples and fit.covariates:
+            coords["covariate"] = list(fit.covariates)
+            dims["cov_beta"] = ["covariate", "param"]
     posterior = {k: v for k, v in fit.samples.items()}
     sample_stats = {}
     if diverging is not None:
         sample_stats["diverging"] = diverging
         sample_stats["n_steps"] = num_steps
+        sample_stats.update(extra_stats or {})
     idata = az.from_dict(posterior=posterior, sample_stats=sample_stats or None, coords=coords, dims=dims)
     idata.posterior.attrs["inference"] = fit.method
     return idata
@@ -178,7 +328,7 @@ def diagnostics(idata, chains: int) -> dict:
     """R-hat, bulk/tail ESS of the population parameters, divergences, and warnings when bad."""
     import arviz as az
 
-    names = [v for v in ("log_theta", "omega", "sigma") if v in idata.posterior]
+    names = [v for v in POPULATION_SITES if v in idata.posterior and v != "corr"]
     names += [v for v in idata.posterior.data_vars if v.endswith(("_beta", "_cutpoints"))]
     summ = az.summary(idata, var_names=names, kind="diagnostics")
     div = int(np.asarray(idata.sample_stats["diverging"]).sum()) if "sample_stats" in idata.groups() else 0

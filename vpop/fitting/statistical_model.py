@@ -2,11 +2,26 @@
 
 The predictions it scores come from `vpop.fitting.model`, which runs the one course of
 treatment (`vpop.engine.course`) for every patient.
+
+Options beyond the default model (`ModelOptions`; the default reproduces it exactly):
+
+* `omega="full"`: correlated random effects, eta_i ~ MVN(0, diag(omega) R diag(omega)) with
+  R ~ LKJ(`lkj_concentration`) (Cholesky factor `L_corr`, correlation recorded as `corr`);
+* `covariates`: log-linear effects on the typical values estimated from the data,
+  log theta_i,f += sum_c beta_c,f x_i,c with x the centred covariate (log(c / median) for a
+  covariate that is positive in every patient, c - mean otherwise); beta ~ Normal(0, 1);
+  they act on top of vpop's own (fixed) covariate model in the base parameters;
+* `error="combined"`: additive + proportional error on the natural scale,
+  DV ~ Normal(pred, sqrt(a^2 + (b pred)^2)), b = `sigma` (per analyte), a = `sigma_add`
+  (per analyte, in the analyte's unit, HalfNormal prior scaled by the analyte's median DV).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.stats import norm
@@ -28,15 +43,85 @@ def population_model(free, log_ref, prior_sd, cohort):
 
 
 PARAMETERISATIONS = ("noncentred", "centred")
+OMEGA_STRUCTURES = ("diag", "full")
+ERROR_MODELS = ("log", "combined")
+
+
+@dataclass
+class ModelOptions:
+    """Statistical-model options (module docstring). The defaults give the original model."""
+
+    omega: str = "diag"
+    lkj_concentration: float = 2.0
+    covariate_names: tuple = ()
+    covariate_x: np.ndarray | None = None  # (n, C) centred covariates
+    error: str = "log"
+    add_prior_scale: np.ndarray | None = None  # (A,) HalfNormal scale of the additive SD, combined error only
+
+    def check(self, problem) -> "ModelOptions":
+        if self.omega not in OMEGA_STRUCTURES:
+            raise UserError(f"--omega {self.omega!r}: use one of {', '.join(OMEGA_STRUCTURES)}")
+        if self.omega == "full" and len(problem.free) < 2:
+            raise UserError("--omega full: needs two or more free parameters (one has no correlation)")
+        if self.error not in ERROR_MODELS:
+            raise UserError(f"--error {self.error!r}: use one of {', '.join(ERROR_MODELS)}")
+        if self.covariate_names and (self.covariate_x is None or self.covariate_x.shape != (problem.n, len(self.covariate_names))):
+            raise UserError("covariate effects: the design matrix does not match the patients")
+        return self
+
+
+def covariate_design(data, config, names) -> tuple[tuple, np.ndarray]:
+    """(names, (n, C) centred covariates) of the named covariates: log(c / median) when positive in every
+    patient, c - mean otherwise. A covariate missing in a patient takes the config population's median
+    (as the base parameters do); one with no spread in the data is refused (its effect is not estimable)."""
+    from vpop.fitting.model import patient_covariates
+    from vpop.population.sampler import COVARIATES
+
+    names = tuple(names)
+    allowed = (*COVARIATES, "car_dose_per_kg", "ld_intensity", "female")
+    cols = []
+    for c in names:
+        if c not in allowed:
+            raise UserError(f"covariate effect {c!r}: not a covariate; allowed: {', '.join(allowed)}")
+        v = np.array([patient_covariates(config, cov).get(c, np.nan) for cov in data.covariates], dtype=float)
+        if not np.all(np.isfinite(v)):
+            raise UserError(f"covariate effect {c!r}: missing in some patients and no population median to fill it")
+        if np.ptp(v) == 0:
+            raise UserError(f"covariate effect {c!r}: the same value ({v[0]:g}) in every patient of {data.source}; "
+                            "its effect cannot be estimated")
+        cols.append(np.log(v / np.median(v)) if np.all(v > 0) else v - v.mean())
+    return names, (np.stack(cols, axis=1) if cols else np.zeros((data.n, 0)))
+
+
+def default_add_scale(problem) -> np.ndarray:
+    """Per-analyte median of the observed values: the scale of the additive-error prior."""
+    y = np.exp(np.asarray(problem.obs_logv))
+    ok = np.asarray(problem.obs_mask) & ~np.asarray(problem.obs_cens)
+    a = np.asarray(problem.obs_analyte)
+    return np.array([float(np.median(y[ok & (a == j)])) if np.any(ok & (a == j)) else 1.0
+                     for j in range(max(1, len(problem.analytes)))])
+
+
+def individual_log_factors(problem, log_theta, omega, z, L_corr=None, cov_beta=None, x=None, eta=None):
+    """log theta_i - log theta_ref of every patient (n, F) from the population parameters and z ~ N(0, I)
+    (or the random effects `eta` themselves, centred form)."""
+    shift = log_theta - jnp.asarray(problem.log_ref)
+    if eta is None:
+        eta = omega * (z if L_corr is None else z @ jnp.swapaxes(L_corr, -1, -2))
+    out = shift + eta
+    if cov_beta is not None and x is not None and x.shape[-1]:
+        out = out + jnp.asarray(x) @ cov_beta
+    return out
 
 
 def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = False,
-                  parameterisation: str = "noncentred"):
+                  parameterisation: str = "noncentred", options: ModelOptions | None = None):
     """The NumPyro model. `cohort` adds a cohort-table likelihood (`cohort_tables.CohortLikelihood`).
 
     `parameterisation`: "noncentred" samples z_i ~ Normal(0, 1) and sets
-    eta_i = omega z_i; "centred" samples eta_i ~ Normal(0, omega) directly (z is
-    then recorded as a deterministic site). The posterior is the same; with
+    eta_i = omega z_i (omega L z_i with a full covariance); "centred" samples
+    eta_i ~ Normal(0, omega) (MVN with a full covariance) directly (z is then
+    recorded as a deterministic site). The posterior is the same; with
     rich per-patient data the centred form has the easier geometry for NUTS
     (fewer leapfrog steps, docs/fitting.md), with sparse data the non-centred.
 
@@ -45,20 +130,33 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
     """
     if parameterisation not in PARAMETERISATIONS:
         raise UserError(f"parameterisation {parameterisation!r}: use one of {', '.join(PARAMETERISATIONS)}")
+    opt = options or ModelOptions()
     F, A = len(problem.free), max(1, len(problem.analytes))
     log_theta = numpyro.sample("log_theta", dist.Normal(jnp.asarray(problem.log_ref), jnp.asarray(problem.prior_sd)).to_event(1))
     omega = numpyro.sample("omega", dist.HalfNormal(problem.omega_prior * jnp.ones(F)).to_event(1))
     sigma = numpyro.sample("sigma", dist.HalfNormal(problem.sigma_prior * jnp.ones(A)).to_event(1))
-    shift = log_theta - jnp.asarray(problem.log_ref)
+    L = None
+    if opt.omega == "full":
+        L = numpyro.sample("L_corr", dist.LKJCholesky(F, concentration=opt.lkj_concentration))
+        numpyro.deterministic("corr", L @ L.T)
+    beta = None  # covariate effects (C, F)
+    if opt.covariate_names:
+        C = len(opt.covariate_names)
+        beta = numpyro.sample("cov_beta", dist.Normal(jnp.zeros((C, F)), 1.0).to_event(2))
     if parameterisation == "centred":
         with numpyro.plate("patients", problem.n):
-            eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
-        numpyro.deterministic("z", eta / omega)
-        log_factors = shift + eta
+            if L is None:
+                eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
+                z = eta / omega
+            else:
+                eta = numpyro.sample("eta", dist.MultivariateNormal(jnp.zeros(F), scale_tril=omega[:, None] * L))
+                z = jnp.linalg.solve(L, (eta / omega).T).T
+        numpyro.deterministic("z", z)
+        log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x, eta=eta)
     else:
         with numpyro.plate("patients", problem.n):
             z = numpyro.sample("z", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
-        log_factors = shift + omega * z
+        log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x)
     numpyro.deterministic("theta", jnp.exp(log_theta))
     if problem.settings.derivatives == "forward":
         mu, sev = predictions_forward_ad(problem, log_factors)
@@ -66,15 +164,25 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         mu, sev, _ = predictions(problem, log_factors)
     else:
         raise UserError(f"GridSettings.derivatives {problem.settings.derivatives!r}: use 'forward' or 'reverse'")
-    sd = sigma[jnp.asarray(problem.obs_analyte)]
     mask = jnp.asarray(problem.obs_mask)
     cens = jnp.asarray(problem.obs_cens)
     y = jnp.asarray(problem.obs_logv)
-    if ignore_censoring:
-        numpyro.sample("obs", dist.Normal(mu, sd).mask(mask), obs=y)
+    aidx = jnp.asarray(problem.obs_analyte)
+    if opt.error == "combined":
+        scale = opt.add_prior_scale if opt.add_prior_scale is not None else default_add_scale(problem)
+        sigma_add = numpyro.sample("sigma_add", dist.HalfNormal(jnp.asarray(scale)).to_event(1))
+        pred = jnp.exp(mu)
+        sd = jnp.sqrt(sigma_add[aidx] ** 2 + (sigma[aidx] * pred) ** 2)
+        yn = jnp.exp(y)
+        numpyro.sample("obs", dist.Normal(pred, sd).mask(mask & ~cens), obs=yn)
+        numpyro.factor("blq", jnp.sum(jnp.where(mask & cens, norm.logcdf((yn - pred) / sd), 0.0)))
     else:
-        numpyro.sample("obs", dist.Normal(mu, sd).mask(mask & ~cens), obs=y)
-        numpyro.factor("blq", jnp.sum(jnp.where(mask & cens, censored_normal_loglik(y, mu, sd), 0.0)))
+        sd = sigma[aidx]
+        if ignore_censoring:
+            numpyro.sample("obs", dist.Normal(mu, sd).mask(mask), obs=y)
+        else:
+            numpyro.sample("obs", dist.Normal(mu, sd).mask(mask & ~cens), obs=y)
+            numpyro.factor("blq", jnp.sum(jnp.where(mask & cens, censored_normal_loglik(y, mu, sd), 0.0)))
     for kind, grades in problem.grades.items():
         beta = numpyro.sample(f"{kind}_beta", dist.LogNormal(0.0, 1.0))
         cut = numpyro.sample(
@@ -90,3 +198,23 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
                            obs=jnp.where(observed, g, 0))
     if cohort is not None:
         cohort.add_likelihood(log_theta, jnp.asarray(problem.log_ref), problem.free)
+
+
+def derived_sites(samples: dict) -> dict:
+    """Add the model's deterministic sites (theta, z of the centred form, corr) to draws of its latent sites.
+
+    Works on any leading draw axes; used where draws come from the unconstrained space (Laplace, NUTS).
+    """
+    out = dict(samples)
+    if "log_theta" in out:
+        out["theta"] = jnp.exp(out["log_theta"])
+    L = out.get("L_corr")
+    if L is not None:
+        out["corr"] = L @ jnp.swapaxes(L, -1, -2)
+    if "eta" in out and "omega" in out:
+        scaled = out["eta"] / out["omega"][..., None, :]
+        if L is None:
+            out["z"] = scaled
+        else:
+            out["z"] = jnp.swapaxes(jnp.linalg.solve(L, jnp.swapaxes(scaled, -1, -2)), -1, -2)
+    return out
