@@ -4,7 +4,7 @@ The figures per patient were measured on the default config (28 days,
 assessments every 6 h, 6 solver steps each; docs/performance.md) and scale
 with the work per patient (assessments x steps) and the rows per patient:
 
-* disk: ~330 bytes per patient in patients.parquet, ~170 bytes per
+* disk: ~330 bytes per patient in patients.parquet, ~185 bytes per
   observation row (113 rows per patient by default: ~19 kB per patient);
 * memory, in-memory runs only (`vpop.simulate`): ~900 bytes per observation
   row and ~3 kB per patient of pandas tables;
@@ -29,7 +29,7 @@ from pathlib import Path
 from vpop.errors import UserError
 
 PATIENT_BYTES = 330
-OBSERVATION_ROW_BYTES = 170
+OBSERVATION_ROW_BYTES = 185
 MEMORY_ROW_BYTES = 900
 MEMORY_PATIENT_BYTES = 3000
 CPU_PATIENTS_PER_SECOND = 1000.0  # per core, default config

@@ -221,6 +221,10 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
         for index, lo, hi in chunks:
             for start in range((lo // B) * B, hi, B):  # batches aligned on patient ids
                 ids = padded_ids(start, plan.n, B)
+                if compiled is None:  # the first batch compiles the sampler and the engine
+                    if stage is not None:
+                        stage("compiling")
+                    t0 = time.perf_counter()
                 if plan.table is None:
                     pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
                     cov, p = sample(pop_keys)
@@ -229,9 +233,6 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                     pop_keys, event_keys = split_keys(keys)
                     cov, p = sample_given(pop_keys, given, eta)
                 if compiled is None:
-                    if stage is not None:
-                        stage("compiling")
-                    t0 = time.perf_counter()
                     compiled = executable(engine, plan.settings, p, event_keys, policy)
                     compile_seconds = time.perf_counter() - t0
                     if stage is not None:

@@ -40,14 +40,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 
 from vpop.engine import sharding
