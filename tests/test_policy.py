@@ -137,3 +137,75 @@ def test_preemptive_tocilizumab_follows_il6_in_the_simulation(default_config):
     assert 0 < treated.sum() < N
     assert (pts.loc[treated, "peak_il6_pg_ml"] >= 300).all()
     assert not treated[pts["peak_il6_pg_ml"] < 300].any()
+
+
+# --- trial-era triggers (issue 12: each trial under its own management) ---------------------------------------
+
+
+def run_course(settings, crs_by_row, icans_by_row=None, dt=0.25):
+    """Doses decided at each 6-hourly assessment for given grade sequences (the rules' state carried)."""
+    state, out = None, []
+    icans_by_row = icans_by_row or [0] * len(crs_by_row)
+    for k, (crs, icans) in enumerate(zip(crs_by_row, icans_by_row)):
+        doses, state = decide(settings, k * dt, crs=crs, icans=icans, state=state)
+        out.append({name: float(v) for name, v in doses.items()})
+    return out
+
+
+def test_fever_on_two_assessments_in_24h_triggers_preemptive_tocilizumab_even_when_not_in_a_row():
+    chop = policy.PRESETS["chop_preemptive_toci"]
+    # febrile at 0 h, afebrile at 6 h (antipyretic), febrile at 12 h: two fevers in 24 h -> tocilizumab at 12 h
+    given = [d["toci_mg"] for d in run_course(chop, [1, 0, 1, 0])]
+    assert given[:2] == [0.0, 0.0] and given[2] == pytest.approx(8.0 * 70.0) and given[3] == 0.0
+    # fevers 30 h apart are not persistent fever; the Penn/CHOP standard never gives it at grade 1
+    assert all(d["toci_mg"] == 0.0 for d in run_course(chop, [1, 0, 0, 0, 0, 1]))
+    assert all(d["toci_mg"] == 0.0 for d in run_course(policy.PRESETS["penn_chop"], [1, 1, 1, 1]))
+
+
+def test_prophylactic_tocilizumab_is_one_dose_on_its_day_whatever_the_grade():
+    c3 = policy.PRESETS["zuma1_c3"]
+    given = [d["toci_mg"] for d in run_course(c3, [0] * 16)]  # days 0 .. 3.75, no CRS at all
+    assert given[8] == pytest.approx(560.0) and sum(g > 0 for g in given) == 1  # day 2 only
+    assert all(d["toci_mg"] == 0.0 for d in run_course(policy.PRESETS["zuma1_c12"], [0] * 16))
+    off = policy.with_overrides(c3, {"toci_prophylaxis_day": None})
+    assert all(d["toci_mg"] == 0.0 for d in run_course(off, [0] * 16))
+
+
+def test_cohort4_gives_steroids_for_grade1_crs_lasting_three_days_and_grade1_neurologic_events():
+    c4, c12 = policy.PRESETS["zuma1_c4"], policy.PRESETS["zuma1_c12"]
+    dex = [d["dex_iv_mg"] for d in run_course(c4, [1] * 14)]  # grade 1 CRS from day 0 to day 3.25
+    assert dex[:12] == [0.0] * 12 and dex[12] == 10.0  # first at day 3.0
+    assert all(d["dex_iv_mg"] == 0.0 for d in run_course(c12, [1] * 14))
+    assert run_course(c4, [0], [1])[0]["dex_iv_mg"] == 10.0
+    assert run_course(c12, [0], [2])[0]["dex_iv_mg"] == 0.0  # cohorts 1-2 wait for grade 3
+    assert run_course(c12, [0], [3])[0]["dex_iv_mg"] == 10.0
+    # cohort 4: tocilizumab at grade 1 lasting 24 h; cohorts 1-2 at grade 2 only
+    assert [d["toci_mg"] > 0 for d in run_course(c4, [1] * 5)] == [False] * 4 + [True]
+    assert not any(d["toci_mg"] > 0 for d in run_course(c12, [1] * 5))
+
+
+def test_trial_presets_read_their_trials_scales_and_the_new_triggers_switch_off_with_null():
+    p = policy.PRESETS
+    assert (p["zuma1_c12"].crs_trigger_scale, p["zuma1_c12"].icans_trigger_scale) == ("lee2014", "ctcae")
+    assert p["penn_chop"].crs_trigger_scale == "penn" and p["asco2021"].crs_trigger_scale == "astct"
+    assert p["zuma1_c6"].prophylactic_dex_days == (0.0, 1.0, 2.0)
+    assert p["mdacc_anakinra"].anakinra_prophylaxis_until_day == 7.0
+    off = policy.with_overrides(p["chop_preemptive_toci"], {"toci_fever_assessments_in_24h": None,
+                                                            "dex_grade1_after_days": None})
+    assert off.toci_fever_assessments_in_24h == policy.NEVER and off.dex_grade1_after_days == 1e9
+    from vpop.policy.settings import DESCRIPTIONS
+
+    assert set(DESCRIPTIONS) == set(p)
+
+
+def test_every_shipped_product_preset_runs_its_trials_policy():
+    from vpop.run.config import load_config, preset_names
+
+    want = {"ZUMA-1": "zuma1_c12", "JULIET": "penn_chop", "ELIANA": "penn_chop", "TRANSCEND-NHL-001": "transcend",
+            "KarMMa": "karmma", "CARTITUDE-1": "cartitude1"}
+    for name in preset_names():
+        cfg = load_config(name)
+        if name == "default":  # the default run keeps today's management
+            assert cfg.policy == policy.PRESETS["asco2021"]
+        elif cfg.trial:
+            assert cfg.policy == policy.PRESETS[want[cfg.trial]], name

@@ -64,7 +64,9 @@ def policy_lines() -> list[str]:
     from vpop.policy.rules import PRESETS
 
     width = max(len(n) for n in PRESETS)
-    return [f"  {n:<{width}}  {POLICY_LINES.get(n, 'management preset ' + n)}" for n in PRESETS]
+    from vpop.policy.settings import DESCRIPTIONS
+
+    return [f"  {n:<{width}}  {POLICY_LINES.get(n, DESCRIPTIONS.get(n, 'management preset ' + n))}" for n in PRESETS]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,7 +64,13 @@ SCALE_COLUMNS: dict[str, tuple[str, str]] = {
 ENDPOINT_PATTERNS = (
     r"crs_any", r"crs_grade[1-5]plus", r"crs_grade[1-5]", r"neuro_any", r"neuro_grade[1-5]plus", r"neuro_grade[1-5]",
     r"tocilizumab_use", r"steroid_use", r"(crs|neuro)_(onset|duration)_median", r"neuro_grade3plus_preceded_by_crs",
+    r"fever_onset_median",
 )
+# Cellular-kinetic and serum-kinetic rows (CAR-T peak, Tmax, AUC, half-life; analyte peak times): read, with
+# their units as written, for the validation scorecard (vpop validate); no likelihood uses them.
+KINETIC_ENDPOINTS = r"(car|serum)_[A-Za-z0-9_]+"
+# ICANS rows graded by ASTCT are written `icans_...` with scale `astct`: read as vpop's neuro endpoint.
+ICANS_ALIAS = r"icans_(any|grade[1-5]plus|grade[1-5])"
 # endpoints the smoothed likelihood can use
 LIKELIHOOD_ENDPOINTS = re.compile(r"^(crs_any|crs_grade[2-5]plus|crs_grade[1-5]|neuro_any|neuro_grade[1-5]plus|tocilizumab_use)$")
 
@@ -105,12 +111,15 @@ def read_cohort_table(path, cohort: str | None = None) -> list[Target]:
         def fail(col, msg):
             raise DataError(f"{path}: row {row}, column {col}: {msg}")
 
-        try:
-            n = int(r["n"])
-        except ValueError:
-            fail("n", f"got {r['n']!r}; allowed: a whole number of patients > 0")
-        if n <= 0:
-            fail("n", f"got {n}; allowed: a whole number of patients > 0")
+        if not r["n"].strip():
+            n = 0  # not reported (e.g. a matched historical control): no binomial data, no interval
+        else:
+            try:
+                n = int(r["n"])
+            except ValueError:
+                fail("n", f"got {r['n']!r}; allowed: a whole number of patients > 0, or empty when not reported")
+            if n <= 0:
+                fail("n", f"got {n}; allowed: a whole number of patients > 0, or empty when not reported")
         try:
             value = float(r["value"])
         except ValueError:
@@ -118,12 +127,19 @@ def read_cohort_table(path, cohort: str | None = None) -> list[Target]:
         scale = r["scale"].strip()
         endpoint = r["endpoint"].strip()
         unit = r["unit"].strip()
+        if re.fullmatch(ICANS_ALIAS, endpoint) and scale == "astct":
+            endpoint, scale = "neuro" + endpoint[len("icans"):], "astct_neuro"
+        kinetic = re.fullmatch(KINETIC_ENDPOINTS, endpoint) is not None
+        if kinetic:  # units as written (cells/uL, copies/ug gDNA, day, ...)
+            out.append(Target(r["cohort"].strip(), scale, endpoint, n, value, unit, row))
+            continue
         if scale and scale not in SCALE_COLUMNS:
             fail("scale", f"unknown scale {scale!r}; allowed: {', '.join(SCALE_COLUMNS)} (or empty for drug use)")
         if not any(re.fullmatch(p, endpoint) for p in ENDPOINT_PATTERNS):
             fail("endpoint", f"unknown endpoint {endpoint!r}; allowed: crs_any, crs_grade<k>plus, crs_grade<k>, neuro_any, "
-                             "neuro_grade<k>plus, neuro_grade<k>, tocilizumab_use, steroid_use, crs/neuro_onset_median, "
-                             "crs/neuro_duration_median")
+                             "neuro_grade<k>plus, neuro_grade<k>, icans_... (scale astct), tocilizumab_use, steroid_use, "
+                             "crs/neuro_onset_median, crs/neuro_duration_median, fever_onset_median, car_... or "
+                             "serum_... (kinetics)")
         if unit not in ("percent", "fraction", "day"):
             fail("unit", f"got {unit!r}; allowed: percent, fraction, day")
         if unit in ("percent", "fraction"):
@@ -173,6 +189,8 @@ def engine_indicator(patients: pd.DataFrame, t: Target) -> np.ndarray:
 
 
 def engine_median(patients: pd.DataFrame, t: Target) -> float:
+    if t.scale not in SCALE_COLUMNS:  # fever onset and kinetics: vpop.trials.validation scores them
+        return float("nan")
     kind, what = t.endpoint.split("_")[:2]
     col = SCALE_COLUMNS[t.scale][1]
     suffix = col.replace(f"{'crs' if kind == 'crs' else 'icans'}_max_grade", "")

@@ -95,34 +95,45 @@ def _grades(a: Assessment):
 # --- tocilizumab ----------------------------------------------------------------------------
 
 
+FEVER_MEMORY = 8  # febrile assessments remembered (a 24 h look-back at 6-hourly or slower assessments)
+
+
 class TocilizumabState(NamedTuple):
     times: Any  # (4, *shape) the last four dose times
     count: Any
     crs_since: Any  # start of the current run of CRS grade >= 1
+    febrile: Any = None  # (FEVER_MEMORY, *shape) times of the last febrile (CRS grade >= 1) assessments
 
 
 def _toci_init(dtype=jnp.float32, shape=()):
     return TocilizumabState(jnp.full((4, *shape), NEVER_GIVEN, dtype), jnp.zeros(shape, dtype),
-                            jnp.full(shape, NEVER_GIVEN, dtype))
+                            jnp.full(shape, NEVER_GIVEN, dtype), jnp.full((FEVER_MEMORY, *shape), NEVER_GIVEN, dtype))
 
 
 def _toci_update(s: PolicyArrays, state: TocilizumabState, a: Assessment, doses):
-    """Grade-, persistence- or biomarker-triggered, within the label's dose limits (8 mg/kg, max 800 mg)."""
+    """Grade-, persistence-, fever-count- or biomarker-triggered, or scheduled on a prophylaxis day, within the
+    label's dose limits (8 mg/kg, max 800 mg)."""
     crs, _ = _grades(a)
     t = a.t
     crs_since = jnp.where(crs >= 1.0, jnp.where(state.crs_since < -1e8, t, state.crs_since), NEVER_GIVEN)
     in_24h = jnp.sum(state.times > t - 24.0 * HOUR + EPS, axis=0)
     since_last = t - jnp.max(state.times, axis=0)
     persistent_g1 = (crs >= 1.0) & (t - crs_since >= s.toci_grade1_after_days - EPS)
-    want = _window(a, s.toci_from_day, s.toci_until_day) & (
-        (crs >= s.toci_trigger_grade) | persistent_g1 | _biomarker_hit(s, a, "toci"))
+    # fever counted over 24 h, not in a row: an antipyretic masks it at the next assessment
+    now_ = jnp.broadcast_to(t, state.febrile.shape[1:])[None]
+    febrile = jnp.where(crs >= 1.0, jnp.concatenate([state.febrile[1:], now_]), state.febrile)
+    fevers_24h = jnp.sum(febrile > t - 24.0 * HOUR + EPS, axis=0)
+    persistent_fever = fevers_24h >= s.toci_fever_assessments_in_24h
+    prophylaxis = jnp.abs(t - s.toci_prophylaxis_day) < 1e-3  # a scheduled dose, outside the trigger window
+    want = prophylaxis | (_window(a, s.toci_from_day, s.toci_until_day) & (
+        (crs >= s.toci_trigger_grade) | persistent_g1 | persistent_fever | _biomarker_hit(s, a, "toci")))
     give = (want & (since_last >= s.toci_min_interval_hours * HOUR - EPS) & (in_24h < s.toci_max_per_24h)
             & (state.count < s.toci_max_total))
     per_kg = jnp.where(a.weight_kg < 30.0, s.toci_mg_per_kg_under_30kg, s.toci_mg_per_kg)
     mg = jnp.where(give, jnp.minimum(per_kg * a.weight_kg, s.toci_max_dose_mg), 0.0)
     now = jnp.broadcast_to(t, state.times.shape[1:])[None]
     times = jnp.where(give, jnp.concatenate([state.times[1:], now]), state.times)
-    return {**doses, "toci_mg": mg}, TocilizumabState(times, state.count + give, crs_since)
+    return {**doses, "toci_mg": mg}, TocilizumabState(times, state.count + give, crs_since, febrile)
 
 
 tocilizumab = Rule(_toci_init, _toci_update)
@@ -153,23 +164,29 @@ methylprednisolone = Rule(_last_dose_init, _mp_update)
 class DexamethasoneState(NamedTuple):
     last: Any
     count: Any
+    crs_since: Any = None  # start of the current run of CRS grade >= 1
 
 
 def _dex_init(dtype=jnp.float32, shape=()):
-    return DexamethasoneState(jnp.full(shape, NEVER_GIVEN, dtype), jnp.zeros(shape, dtype))
+    return DexamethasoneState(jnp.full(shape, NEVER_GIVEN, dtype), jnp.zeros(shape, dtype),
+                              jnp.full(shape, NEVER_GIVEN, dtype))
 
 
 def _dex_update(s: PolicyArrays, state: DexamethasoneState, a: Assessment, doses):
-    """Dexamethasone for CRS >= 3, ICANS >= 2, CRS 2 with hypotension after tocilizumab, or a biomarker."""
+    """Dexamethasone for CRS >= 3, ICANS >= 2, CRS 2 with hypotension after tocilizumab, CRS grade 1 lasting
+    `dex_grade1_after_days`, or a biomarker."""
     crs, icans = _grades(a)
     refractory = (crs >= 2.0) & a.hypotension & (a.toci_doses >= s.dex_crs2_after_toci_doses)
+    crs_since = jnp.where(crs >= 1.0, jnp.where(state.crs_since < -1e8, a.t, state.crs_since), NEVER_GIVEN)
+    persistent_g1 = (crs >= 1.0) & (a.t - crs_since >= s.dex_grade1_after_days - EPS)
     want = _window(a, s.steroid_from_day, s.steroid_until_day) & (
-        (crs >= s.dex_crs_trigger_grade) | (icans >= s.dex_icans_trigger_grade) | refractory
+        (crs >= s.dex_crs_trigger_grade) | (icans >= s.dex_icans_trigger_grade) | refractory | persistent_g1
         | _biomarker_hit(s, a, "dex"))
     give = (want & ~wants_methylprednisolone(s, a) & (a.t - state.last >= s.dex_interval_hours * HOUR - EPS)
             & (state.count < s.dex_max_doses))
     mg = jnp.where(give, s.dex_dose_mg, 0.0)
-    return {**doses, "dex_iv_mg": mg}, DexamethasoneState(jnp.where(give, a.t, state.last), state.count + give)
+    return {**doses, "dex_iv_mg": mg}, DexamethasoneState(jnp.where(give, a.t, state.last), state.count + give,
+                                                          crs_since)
 
 
 dexamethasone = Rule(_dex_init, _dex_update)
