@@ -1,9 +1,9 @@
 """Run a cohort in memory: `vpop.simulate(config)` and `vpop.simulate_patient(config)`.
 
     import vpop
-    cfg = vpop.load_config("default")
+    cfg = vpop.load_config()            # the default config (or a preset name, a YAML path)
     result = vpop.simulate(cfg, n=200, seed=1)
-    result                   # CohortResult(config='default', n=200, seed=1, CRS grade >= 3: ...)
+    result                   # CohortResult(config='default', n=200, seed=1, CRS any grade: 87.5%, ...)
     result.patients          # one row per patient (pandas)
     result.observations      # the observation table of the contract (docs/observations.md)
     result.summary_table()   # the rates printed by the command line
