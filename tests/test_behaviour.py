@@ -158,3 +158,30 @@ def test_icans_has_the_barrier_and_injury_signature(cohorts):
     for col in ("peak_csf_serum_albumin_ratio", "peak_csf_protein_mg_l", "peak_nfl_pg_ml",
                 "peak_il1ra_pg_ml", "peak_gmcsf_pg_ml"):
         assert icans[col].median() > 1.1 * none[col].median(), col
+
+
+# Facts of issue 12 (paired patients, standard ASCO 2021 management as the reference arm).
+
+ANAKINRA_DAYS_0_7 = replace(PRESETS["asco2021"], name="anakinra_days_0_7", anakinra_prophylaxis_until_day=7.0)
+
+
+def test_prophylactic_anakinra_lowers_crs_grade_2(cohorts):
+    treated = cohorts("anakinra-0-7", policy=ANAKINRA_DAYS_0_7).patients
+    standard = cohorts("default").patients
+    assert treated.anakinra_mg.median() == 1500.0  # 100 mg every 12 h, days 0-7
+    effect, lower, upper = paired_difference(treated.crs_max_grade >= 2, standard.crs_max_grade >= 2)
+    assert upper < 0.0, (effect, lower, upper)  # measured: -0.063 [-0.091, -0.036]
+    # ICANS >= 3 (the other half of the published effect) moves by -0.01 to -0.02, its interval touching
+    # zero, so it is not asserted either way here; issue 12 tracks it.
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "issue 12: prophylactic dexamethasone (10 mg days 0-2) raises ASTCT CRS >= 3 on paired patients "
+    "(n = 300: +0.050 [0.025, 0.075]) and vasopressor use (+0.043 [0.020, 0.066]); ZUMA-1 cohort 6 saw less"))
+def test_prophylactic_dexamethasone_lowers_severe_crs(cohorts):
+    treated = cohorts("prophylactic-dex", policy=PRESETS["prophylactic_dex"]).patients
+    standard = cohorts("default").patients
+    effect, lower, upper = paired_difference(treated.crs_max_grade >= 3, standard.crs_max_grade >= 3)
+    assert upper < 0.0, (effect, lower, upper)
+    effect, lower, upper = paired_difference(treated.max_vasopressors >= 1, standard.max_vasopressors >= 1)
+    assert effect <= 0.0, (effect, lower, upper)  # no more vasopressor use
