@@ -28,6 +28,7 @@ def dataset(default_config, tmp_path_factory):
     return data, truth, path
 
 
+@pytest.mark.slow
 def test_svi_recovers_typical_values(default_config, dataset):
     """30 patients, 2 free parameters: SVI (AutoNormal) medians within 10 % of the truth."""
     data, truth, _ = dataset
@@ -74,6 +75,7 @@ def test_censoring_changes_the_estimate(default_config):
     assert est_naive > 1.2 * truth["il6_per_myeloid"]
 
 
+@pytest.mark.slow
 def test_cohort_likelihood_recovers_known_rate(default_config):
     """Targets from a known parameter: the smoothed binomial likelihood recovers the rate and the parameter."""
     free = ("car_prolif_max",)

@@ -16,6 +16,7 @@ OMEGA = {"car_prolif_max": 0.15, "crp_max": 0.2}
 SIGMA = 0.2
 
 
+@pytest.mark.slow
 def test_forward_sensitivities_match_reverse_mode(default_config):
     """The forward-mode custom VJP (used by NUTS/SVI) equals reverse mode; the structure-of-arrays solve equals vmap."""
     data, _ = synthetic.simulate_dataset(default_config, 3, FREE, TRUTH, OMEGA, SIGMA, times=[0.5, 1, 2],
@@ -40,6 +41,7 @@ def test_forward_sensitivities_match_reverse_mode(default_config):
         np.testing.assert_allclose(soa[1][k], vm[1][k], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_nuts_recovers_typical_values(default_config):
     """8 simulated patients, 2 free parameters, NUTS (1 chain, 100 warm-up + 120 draws).
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from vpop.run import cohort
 
@@ -50,6 +51,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_fake_devices_equal_one_device_bit_for_bit(default_config, tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
