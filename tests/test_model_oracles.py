@@ -229,8 +229,8 @@ def _dex_closed_form(p, dose_mg, t):
 
 def test_dexamethasone_oral_two_compartment_matches_the_matrix_exponential(patients, course):
     """One 10 mg oral dose at day 0. ETDRK4 at 1 h steps treats each compartment's own loss exactly and the
-    transfers to fourth order; the absorption (ka ~ 11/d, 0.46 per step) bounds the error near 1e-4 of the
-    peak, so the tolerance is 1e-3 of the peak until the level falls below 1e-6 of it."""
+    transfers between compartments to fourth order; the fast absorption (ka ~ 11/d, 0.46 per step) sets the
+    error: measured 1.0e-5 relative, so 1e-4 is asserted while the level is above 1e-6 of its peak."""
     p, _ = patients
     rows, summary = course(_policy(prophylactic_dex_days=(0.0,), prophylactic_dex_mg=10.0))
     grid = SETTINGS.times()
@@ -240,9 +240,9 @@ def test_dexamethasone_oral_two_compartment_matches_the_matrix_exponential(patie
         got = rows["dexamethasone_ng_ml"][i]
         peak = want.max()
         assert peak > 50.0  # a 10 mg dose in ~51 L: the oracle is not trivially zero
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * peak)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * peak)
         live = want > 1e-6 * peak
-        np.testing.assert_allclose(got[live], want[live], rtol=2e-3, atol=1e-6 * peak)
+        np.testing.assert_allclose(got[live], want[live], rtol=1e-4, atol=1e-9 * peak)
 
 
 def _toci_time_to(c, c0, p):
@@ -268,9 +268,10 @@ def _toci_closed_form(p, c0, t):
 
 def test_tocilizumab_matches_its_exact_michaelis_menten_solution(patients, course):
     """One dose at day 0 (IL-6 trigger below baseline, one dose allowed). At ~140-180 ug/mL the target-mediated
-    route is saturated (Km 0.22 ug/mL): elimination is linear plus a constant, and the exact solution
-    (implicit, solved by root-finding) covers the whole 28 days. The slowest rate is ~0.2/d, so 1 h ETDRK4
-    steps are accurate to far below 1e-6; 1e-6 relative is asserted."""
+    route is saturated (Km 0.22 ug/mL): elimination is linear plus a constant; below Km, after about three
+    weeks, it is fast and first order. The exact solution (implicit, solved by root-finding) covers both. The
+    elimination is a loss term, integrated exactly by ETDRK4 up to its dependence on the level within a step:
+    measured 3e-7 relative, so 1e-6 is asserted."""
     p, _ = patients
     rows, summary = course(_policy(toci_il6_trigger_pg_ml=0.0, toci_max_total=1.0))
     grid = SETTINGS.times()
