@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vpop.cli import population as population_cli
     from vpop.cli import report as report_cli
     from vpop.cli import presets as presets_cli
+    from vpop.cli import validate as validate_cli
     parser = _Parser(
         prog="vpop",
         description="Virtual patient cohorts for CAR T-cell toxicities (CRS, ICANS).",
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     population_cli.register(subparsers)
     report_cli.register(subparsers)
     presets_cli.register(subparsers)
+    validate_cli.register(subparsers)
     return parser
 
 

@@ -162,11 +162,13 @@ def policy_record(p) -> dict:
     from dataclasses import asdict
 
     from vpop.policy.rules import NEVER, OFF
+    from vpop.policy.settings import OTHER_TRIGGERS_OFF
 
     d = asdict(p)
     d["prophylactic_dex_days"] = list(d["prophylactic_dex_days"])
     for key, v in d.items():
-        if isinstance(v, float) and (v >= 1e9 or (key.endswith(("grade", "_doses")) and v >= NEVER) or v >= OFF):
+        if isinstance(v, float) and (v >= 1e9 or (key.endswith(("grade", "_doses")) and v >= NEVER) or v >= OFF
+                                     or OTHER_TRIGGERS_OFF.get(key) == v):
             d[key] = None  # NEVER (99) grades and dose counts, OFF (1e30) biomarker levels, 1e9 "no limit"
         elif key == "anakinra_prophylaxis_until_day" and v < 0:
             d[key] = None  # -1: no prophylaxis
