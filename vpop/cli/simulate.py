@@ -182,7 +182,8 @@ def _print_summary(result, out: Path) -> None:
         _rate_rows(t2, trial)
         console.print(t2)
     console.print(
-        f"failed solves: {result.n_failed} (left out of every rate); "
+        f"failed solves: {result.n_failed} (the solve broke down or a read-out left its physical range; left out "
+        f"of every rate; solver_status names which); "
         f"{result.n_inaccurate} patients with less accurate solves (the solver's error estimate passed its "
         f"tolerance at some step; kept in the rates; see docs/outputs.md, solver_status); "
         f"compile {result.compile_seconds:.1f} s, simulate {result.run_seconds:.1f} s; wrote {out}/"

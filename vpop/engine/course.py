@@ -48,7 +48,16 @@ DEATH = {name: i for i, name in enumerate(DEATH_CAUSE)}
 STATUS_OK = 0
 STATUS_NONFINITE = 1  # the state became NaN/inf; the patient is excluded
 STATUS_INACCURATE = 2  # step error estimate above the configured tolerance
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_NONFINITE: "nonfinite", STATUS_INACCURATE: "inaccurate"}
+STATUS_OUT_OF_RANGE = 3  # a read-out left its physical range (PHYSICAL_RANGE); the patient is excluded
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_NONFINITE: "nonfinite", STATUS_INACCURATE: "inaccurate",
+                STATUS_OUT_OF_RANGE: "out_of_range"}
+
+# Physical ranges of the read-outs checked at every assessment (docs/outputs.md, solver status): a
+# value outside means the solve blew up, however finite it is. Bounds are far beyond any survivable
+# value: MAP 0-250 mmHg, IL-6 below 1e7 pg/mL (fatal CRS peaks are ~1e4-1e5), CRP below 2,000 mg/L,
+# ferritin below 1e7 ng/mL, CAR-T below 1e6 cells/uL.
+PHYSICAL_RANGE = {"map_mmhg": (0.0, 250.0), "il6_pg_ml": (0.0, 1e7), "crp_mg_l": (0.0, 2000.0),
+                  "ferritin_ng_ml": (0.0, 1e7), "car_t_cells_per_ul": (0.0, 1e6)}
 
 PEAK_BIOMARKERS = (
     "car_t_cells_per_ul", "il6_pg_ml", "ifng_pg_ml", "tnf_pg_ml", "gmcsf_pg_ml", "il1b_pg_ml", "il1ra_pg_ml",
@@ -187,6 +196,16 @@ def _grade(row, carry, settings: EngineSettings):
     return grades, waived, crs_seen
 
 
+def policy_crs_grade(grades, row, fever_masked, policy):
+    """The CRS grade the policy acts on: its trigger scale's, or, once a drug given earlier may mask
+    fever (`fever_masked`), at least the ASTCT grade with the fever requirement waived, so hypotension
+    or hypoxia alone are treated (`PolicySettings.act_on_masked_fever`)."""
+    grade = _trigger_grade(grades, "crs", policy.crs_trigger_scale)
+    masked = fever_masked & (policy.act_on_masked_fever > 0.5)
+    unmasked = grade_row("crs", "astct", row, fever_waived=True).astype(grade.dtype)
+    return jnp.where(masked, jnp.maximum(grade, unmasked), grade)
+
+
 def _trigger_grade(grades, kind: str, index):
     """The grade under the policy's trigger scale (an index, so that a policy change never recompiles).
 
@@ -293,8 +312,9 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
         grades, waived, crs_seen = _grade(row, carry, settings)
         bio = readouts.biomarkers(y, p)
 
+        crs_trigger = policy_crs_grade(grades, row, carry.last_anticytokine > -1e8, policy)
         assessment = policy_mod.Assessment(
-            t=t, crs_grade=_trigger_grade(grades, "crs", policy.crs_trigger_scale),
+            t=t, crs_grade=crs_trigger,
             icans_grade=_trigger_grade(grades, "icans", policy.icans_trigger_scale),
             hypotension=row["hypotension"], weight_kg=p["weight_kg"], biomarkers=bio, toci_doses=carry.toci_doses)
         decided, pol_state = settings.rule.update(policy, carry.policy, assessment, {})
@@ -316,7 +336,10 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
             settings.rtol, settings.atol, settings.chart_marks, settings.method,
         )
         finite = jnp.all(jnp.isfinite(y_next), axis=0)
-        status = jnp.where(finite, carry.status, STATUS_NONFINITE)
+        in_range = functools.reduce(lambda a, b: a & b, [(bio[n] >= lo) & (bio[n] <= hi)
+                                                          for n, (lo, hi) in PHYSICAL_RANGE.items()])
+        status = jnp.where(in_range | (carry.status == STATUS_NONFINITE), carry.status, STATUS_OUT_OF_RANGE)
+        status = jnp.where(finite, status, STATUS_NONFINITE)
         status = jnp.where((status == STATUS_OK) & (err > 1.0), STATUS_INACCURATE, status)
         # A non-finite patient is frozen at its last finite state and flagged.
         y_next = jnp.where(finite, y_next, y)

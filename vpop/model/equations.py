@@ -38,6 +38,18 @@ def _relu(x):
     return jnp.maximum(x, 0.0)
 
 
+def _ignited(x, p):
+    """A self-amplifying loop's own stimulus, x^2 / (x + threshold): no gain at rest, linear once lit.
+
+    Three loops feed themselves (monocytes' TNF/IL-1; IL-6 and the endothelium, lit here on the
+    endothelium's own IL-6 output; glia and CSF IL-6).
+    With a linear gain at rest, a sensitive enough patient's loop ignites from nothing, and CRS or
+    ICANS appear without CAR-T cells; with this form every resting state is stable and the loops are
+    lit only by CAR-T signals (Norelli 2018, Giavridis 2018: CAR-T activation of monocytes starts CRS).
+    """
+    return x * x / (x + p["loop_ignition_threshold"])
+
+
 def basal_myeloid(p):
     """Resting myeloid activation: the fixed point of the myeloid equation under the basal stimulus alone."""
     rate = p["myeloid_activation_rate"] * _BASAL_MYELOID_STIMULUS
@@ -108,7 +120,15 @@ def production_loss(t, y, p):
     # Antigen-driven plus homeostatic proliferation; the latter is fuelled by
     # lymphodepletion (IL-7/IL-15) and fades as lymphocytes return.
     homeostatic = p["car_homeostatic_prolif"] * p["ld_intensity"] * jnp.exp(-t / p["ld_cytokine_decay"])
-    prolif = (p["car_prolif_max"] * stim + homeostatic) * p["car_prolif_factor"]
+    # Engraftment: expansion needs cells, not a fraction of one. Counted in infused-cell equivalents
+    # (the blood level one infused cell gives), it is half-effective at `car_engraftment_cells`; at
+    # clinical doses (1e7-1e9 cells) the factor is 1 to float precision, below one cell the clone contracts
+    # (its proliferation then falls under the contraction rate).
+    cells = s["car_effector"] * 7.0e4 * p["weight_kg"] / p["car_blood_fraction"]
+    short = p["car_engraftment_cells"] / jnp.maximum(cells, 1e-30)  # written so no power overflows float32
+    short = short * short
+    engraftment = 1.0 / (1.0 + short * short)  # Hill 4: establishing a lineage is all or none
+    prolif = (p["car_prolif_max"] * stim + homeostatic) * p["car_prolif_factor"] * engraftment
     engaged = s["car_effector"] * stim  # antigen-engaged effectors, cells/uL
     P_eff = prolif * s["car_effector"] + p["car_memory_reactivation"] * stim * s["car_memory"]
     D_eff = p["car_contraction"] + p["car_to_memory"] + prolif * total_car / p["car_capacity"]
@@ -118,11 +138,15 @@ def production_loss(t, y, p):
     D_ag = p["tumor_kill_max"] * s["car_effector"] / (s["car_effector"] + p["tumor_kill_ec50"])
 
     # Monocyte/macrophage amplification loop, damped by IL-10 and steroids.
+    # Monocytes' own TNF and IL-1 amplify their activation only past a threshold (Hill 2): the
+    # autocrine loop has no gain at rest, so it cannot ignite without CAR-T (a stable resting state
+    # for every patient, however sensitive) and still amplifies once CAR-T signals have started it.
+    autocrine = s["tnf"] / p["myeloid_ec_tnf"] + g["il1_signal"] / p["myeloid_ec_il1"]
+    autocrine = _ignited(autocrine, p)
     myeloid_stimulus = (
         s["ifng"] / p["myeloid_ec_ifng"]
         + s["gmcsf"] / p["myeloid_ec_gmcsf"]
-        + s["tnf"] / p["myeloid_ec_tnf"]
-        + g["il1_signal"] / p["myeloid_ec_il1"]
+        + autocrine
         + engaged / p["myeloid_ec_contact"]
     )
     myeloid_stimulus = (
@@ -148,7 +172,7 @@ def production_loss(t, y, p):
     P_il1ra = p["il1ra_clearance"] * p["il1ra_basal"] + cyto * p["il1ra_per_myeloid"] * m_x
     P_il6 = (
         (p["il6_clearance_linear"] + p["il6_clearance_receptor"]) * p["il6_basal"]
-        + cyto * (p["il6_per_myeloid"] * m2_x + p["il6_per_endothelium"] * s["endothelium"] + p["il6_per_car"] * engaged)
+        + cyto * (p["il6_per_myeloid"] * m2_x + p["il6_per_endothelium"] * _ignited(s["endothelium"], p) + p["il6_per_car"] * engaged)
     )
     D_il6 = p["il6_clearance_linear"] + p["il6_clearance_receptor"] * (1.0 - g["toci_block"])
     P_il10 = cyto * (p["il10_per_myeloid"] * m_x + p["il10_per_car"] * engaged)
@@ -189,8 +213,12 @@ def production_loss(t, y, p):
     P_q = p["qalb_relaxation"] * p["qalb0"] * (1.0 + bbb_drive)
     barrier = g["barrier"]
     P_csf = p["csf_turnover"] * (barrier * s["il6"] + p["glia_il6"] * s["glia"])
+    # Glia make CSF IL-6 and CSF IL-6 activates glia: like the monocytes' loop, this one amplifies only
+    # past a threshold (Hill 2), so the CNS is stable at rest and inflames only when serum signals reach it.
+    csf_autocrine = _relu(s["csf_il6"] - p["csf_il6_partition"] * p["il6_basal"]) / p["glia_ec_csf_il6"]
+    csf_autocrine = _ignited(csf_autocrine, p)
     glia_stimulus = (
-        _relu(s["csf_il6"] - p["csf_il6_partition"] * p["il6_basal"]) / p["glia_ec_csf_il6"]  # above its baseline
+        csf_autocrine
         + barrier * s["gmcsf"] / p["glia_ec_gmcsf"]
         + g["il1_cns"] / p["glia_ec_il1"]
         + barrier * s["car_effector"] / p["glia_ec_car"]

@@ -68,6 +68,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "carrying capacity of CAR-T in blood"),
     _p("car_t", "car_blood_fraction", 0.0125, "-", 0.002, 0.05,
        "Kimmel 2021 (0.36 cells/uL in blood after 1.8e8 cells)", "fraction of infused CAR-T seen in blood at day 0"),
+    _p("car_t", "car_engraftment_cells", 1.5, "cells", 1.0, 10.0,
+       "structural: an expanding clone starts from at least one cell (a single CAR-T clone can expand, Fraietta "
+       "Nature 2018); the continuous model needs the threshold explicitly",
+       "CAR-T cells, counted in infused-cell equivalents, at which expansion is half-effective (Hill 4): "
+       "fewer than one infused cell cannot engraft"),
     _p("car_t", "ld_expansion_gain", 0.35, "-", 0.0, 1.0, "calibrated; Hay 2017 (Cy/Flu lymphodepletion predicts CRS)",
        "increase in proliferation per unit lymphodepletion intensity above none"),
     _p("car_t", "tumor_growth", 0.02, "1/d", 0.0, 0.2, "Kimmel 2021 (r_B 0.01-0.5/d)", "tumour growth rate"),
@@ -119,6 +124,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("myeloid", "myeloid_ec_ifng", 300.0, "pg/mL", 20.0, 2000.0, "calibrated", "IFN-gamma giving unit myeloid stimulus"),
     _p("myeloid", "myeloid_ec_gmcsf", 150.0, "pg/mL", 10.0, 1000.0, "calibrated; Sterner 2019 (GM-CSF drives CRS)", "GM-CSF giving unit myeloid stimulus"),
     _p("myeloid", "myeloid_ec_tnf", 80.0, "pg/mL", 5.0, 500.0, "calibrated", "TNF-alpha giving unit myeloid stimulus"),
+    _p("myeloid", "loop_ignition_threshold", 0.1, "stimulus units", 0.02, 2.0,
+       "structural: no CRS or ICANS without CAR-T; CAR-T activation of monocytes starts CRS (Norelli Nat Med 2018, "
+       "Giavridis Nat Med 2018)",
+       "own stimulus at which a self-amplifying loop (monocyte TNF/IL-1, IL-6-endothelium, glia-CSF IL-6) reaches "
+       "half its linear gain (x^2/(x + threshold)): no gain at rest"),
     _p("myeloid", "myeloid_ec_il1", 40.0, "pg/mL", 1.0, 100.0, "calibrated; Giavridis 2018 (IL-1 amplifies)", "IL-1 signal giving unit myeloid stimulus"),
     _p("myeloid", "myeloid_ec_contact", 100.0, "cells/uL", 5.0, 500.0, "calibrated (CD40L / contact activation)",
        "antigen-engaged CAR-T giving unit myeloid stimulus"),

@@ -30,7 +30,7 @@ from vpop.stats import wilson_interval
 
 KINDS = ("crs", "icans")
 # Solver outcomes left out of every endpoint (the patient's course is not a result).
-FAILED_STATUSES = ("nonfinite",)
+FAILED_STATUSES = ("nonfinite", "out_of_range")  # vpop.engine.course.STATUS_NAMES: excluded from rates
 
 
 def grade_column(kind: str, scale: str = "astct") -> str:
