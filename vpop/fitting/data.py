@@ -38,6 +38,7 @@ import pandas as pd
 
 from vpop.errors import DataError
 from vpop.fitting import nonmem
+from vpop.fitting.nonmem import DOSE_KINDS, DRUGS  # noqa: F401  (the drug names of a data file)
 from vpop.population.sampler import COVARIATES
 
 # Analyte name (as written in DVID/CMT, lower-case) -> vpop.observation.readouts.biomarkers key.
@@ -69,23 +70,6 @@ ANALYTES: dict[str, str] = {
 BIOMARKER_NAMES = sorted(set(ANALYTES.values()))
 # Full biomarker column names are accepted too.
 ANALYTES.update({name: name for name in BIOMARKER_NAMES})
-
-# Drug name -> (state receiving the bolus, factor applied to AMT in mg).
-# Factors that are model parameters (oral bioavailability, MP->dex) are applied
-# in the model (`vpop.fitting.model`), keyed by the drug name.
-DRUGS: dict[str, str] = {
-    "toci": "toci",
-    "tocilizumab": "toci",
-    "dex": "dex_iv",
-    "dexamethasone": "dex_iv",
-    "dex_iv": "dex_iv",
-    "dex_po": "dex_oral",
-    "dex_oral": "dex_oral",
-    "mp": "mp",
-    "methylprednisolone": "mp",
-    "anakinra": "anakinra",
-}
-DOSE_KINDS = ("toci", "dex_iv", "dex_oral", "mp", "anakinra")
 
 GRADE_COLUMNS = {"crs_grade": "crs", "icans_grade": "icans"}
 

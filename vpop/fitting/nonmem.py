@@ -46,6 +46,22 @@ ASSESSMENT_DAYS = 0.25  # the course's assessment grid (6 h): where boluses are 
 LINEAR_ONE_COMPARTMENT = {"anakinra": ("anakinra_clearance", "anakinra_volume")}
 
 
+# Drug names a data file may use (CMT/DVID of a dose row) and the course dose kind each is.
+DRUGS: dict[str, str] = {
+    "toci": "toci",
+    "tocilizumab": "toci",
+    "dex": "dex_iv",
+    "dexamethasone": "dex_iv",
+    "dex_iv": "dex_iv",
+    "dex_po": "dex_oral",
+    "dex_oral": "dex_oral",
+    "mp": "mp",
+    "methylprednisolone": "mp",
+    "anakinra": "anakinra",
+}
+DOSE_KINDS = ("toci", "dex_iv", "dex_oral", "mp", "anakinra")
+
+
 def _fail(path, row, column, msg):
     where = f"{path}: row {row}" if row is not None else str(path)
     if column is not None:
@@ -103,8 +119,6 @@ def expand_doses(data, df: pd.DataFrame, dose_rows, path, parameters=None):
     addl, ii, rate, dur, ss = (_col(df, c, path) for c in ("addl", "ii", "rate", "dur", "ss"))
     if all(v is None for v in (addl, rate, dur, ss)):
         return data
-    from vpop.fitting.data import DOSE_KINDS, DRUGS
-
     if parameters is None:
         from vpop.model.parameters import TABLE
 
