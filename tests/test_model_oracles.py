@@ -311,3 +311,24 @@ def test_anakinra_decays_mono_exponentially(patients):
     want = 100.0 * np.exp(-float(pi["anakinra_clearance"]) / float(pi["anakinra_volume"]) * short)
     got = _reference(pi, y0[:, 1], short)[:, model.IDX["anakinra"]]
     np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+@pytest.mark.parametrize("preset", ["default", "ciltacel", "tisacel_ball"])
+def test_no_car_t_whole_population_stays_at_rest(preset):
+    """Every one of 256 sampled patients of a preset (CD28 LBCL, BCMA myeloma, paediatric B-ALL), not only the
+    typical one: a patient whose amplification loops (monocytes' TNF/IL-1, glia and CSF IL-6) have a gain
+    above one at rest would ignite from rounding and get CRS or ICANS without CAR-T cells. Lymphodepletion
+    and tumour growth are off here, so every state must stay where it started (tolerances as above)."""
+    from vpop.run.config import load_config
+
+    _, p, _ = sample_patients(load_config(preset), np.arange(256))
+    p = dict(p, car_dose_per_kg=jnp.zeros_like(p["car_dose_per_kg"]), ld_intensity=jnp.zeros_like(p["ld_intensity"]),
+             tumor_growth=jnp.zeros_like(p["tumor_burden"]))
+    y0 = model.initial_state(p)
+    path = np.asarray(_engine_solver_path(y0, p))  # (rows - 1, N_STATES, patients)
+    want = np.asarray(y0)
+    bound = np.where(want == 0.0, ABS_ZERO, REL * np.abs(want))
+    drifting = (np.abs(path - want[None]) > bound[None]).any(axis=(0, 1))
+    worst = np.abs(path - want[None]).max(axis=(0, 2))
+    assert not drifting.any(), (f"{drifting.sum()} of 256 patients leave rest; largest deviation by state: "
+                                f"{ {n: float(w) for n, w in zip(model.STATE_NAMES, worst) if w > 0} }")
