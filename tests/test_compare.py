@@ -27,7 +27,7 @@ def test_paired_difference_self_is_exactly_zero():
     assert d.difference == 0.0 and d.only_policy == 0 and d.only_reference == 0
     assert d.ci_low <= 0 <= d.ci_high  # all pairs concordant: phi = 1, a degenerate interval here
     assert d.wald_low == d.wald_high == 0.0
-    assert np.isinf(d.nnt) and np.isnan(d.nnt_low)
+    assert np.isnan(d.nnt) and np.isnan(d.nnt_low)  # no NNT where the interval does not exclude 0
 
 
 def test_paired_difference_and_nnt_formula():

@@ -18,3 +18,12 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file (observations, patient table, cohort table) is invalid."""
+
+
+def show_value(v) -> str:
+    """A cell value for a message: 'abc', 3, 0.5, empty (never np.int64(3) or np.float64(nan))."""
+    if hasattr(v, "item"):
+        v = v.item()  # numpy scalar -> Python
+    if isinstance(v, float):
+        return "empty" if v != v else f"{v:g}"
+    return repr(v) if isinstance(v, str) else str(v)

@@ -53,9 +53,9 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=0.02, help="SVI Adam learning rate")
     parser.add_argument("--guide", choices=("mvn", "normal", "delta"), default="mvn",
                         help="SVI guide: mvn (full covariance, default), normal (mean-field: too narrow), delta (point)")
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--chains", type=int, default=4, help="NUTS chains (run vectorised)")
+    parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations per chain")
+    parser.add_argument("--draws", type=int, default=500, help="NUTS draws kept per chain")
     parser.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance probability")
     parser.add_argument("--max-tree-depth", type=int, default=8, help="NUTS maximum tree depth")
     parser.add_argument("--dense-mass", action="store_true", help="NUTS dense mass matrix")
@@ -84,9 +84,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`vpop fit`: float64 throughout (the likelihood's gradients need it), scoped to this command."""
     import jax
 
-    jax.config.update("jax_enable_x64", True)
+    with jax.enable_x64(True):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from vpop.run.config import load_config
     from vpop.fitting import cohort_tables, diagnostics, identifiability, infer
     from vpop.fitting import model as fm

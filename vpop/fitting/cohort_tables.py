@@ -46,7 +46,7 @@ import numpyro
 import pandas as pd
 
 from vpop.engine.course import EngineSettings
-from vpop.errors import DataError
+from vpop.errors import DataError, show_value
 
 REQUIRED_COLUMNS = ("cohort", "product", "construct", "disease", "n", "scale", "endpoint", "value", "unit", "source", "note")
 # scale -> (kind, vpop patients column)
@@ -117,13 +117,13 @@ def read_cohort_table(path, cohort: str | None = None) -> list[Target]:
             try:
                 n = int(r["n"])
             except ValueError:
-                fail("n", f"got {r['n']!r}; allowed: a whole number of patients > 0, or empty when not reported")
+                fail("n", f"got {show_value(r['n'])}; allowed: a whole number of patients > 0, or empty when not reported")
             if n <= 0:
                 fail("n", f"got {n}; allowed: a whole number of patients > 0, or empty when not reported")
         try:
             value = float(r["value"])
         except ValueError:
-            fail("value", f"got {r['value']!r}; allowed: a number")
+            fail("value", f"got {show_value(r['value'])}; allowed: a number")
         scale = r["scale"].strip()
         endpoint = r["endpoint"].strip()
         unit = r["unit"].strip()

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vpop.errors import DataError
+from vpop.errors import DataError, show_value
 from vpop.fitting import nonmem
 from vpop.fitting.nonmem import DOSE_KINDS, DRUGS  # noqa: F401  (the drug names of a data file)
 from vpop.population.sampler import COVARIATES
@@ -119,15 +119,6 @@ class PatientData:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def _show(v) -> str:
-    """A cell value for a message: 'abc', 3, 0.5, empty (never np.int64(3) or np.float64(nan))."""
-    if hasattr(v, "item"):
-        v = v.item()  # numpy scalar -> Python
-    if isinstance(v, float):
-        return "empty" if v != v else f"{v:g}"
-    return repr(v) if isinstance(v, str) else str(v)
-
-
 def _fail(path, row, column, msg):
     where = f"{path}: row {row}" if row is not None else str(path)
     if column is not None:
@@ -140,7 +131,7 @@ def _numeric(df, col, path, allow_missing=False):
     bad = values.isna() & ~df[col].isna() if allow_missing else values.isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        _fail(path, i + 1, col, f"got {_show(df[col].iloc[i])}; allowed: a number")
+        _fail(path, i + 1, col, f"got {show_value(df[col].iloc[i])}; allowed: a number")
     return values.to_numpy(dtype=float)
 
 
@@ -189,11 +180,11 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
         pid = ids_raw[i]
         if i == 0 or pid != ids_raw[i - 1]:
             if pid in seen:
-                _fail(path, i + 1, "ID", f"patient {_show(pid)} appears again after other patients; rows of one ID must be contiguous")
+                _fail(path, i + 1, "ID", f"patient {show_value(pid)} appears again after other patients; rows of one ID must be contiguous")
             seen.add(pid)
             order.append(pid)
         elif time[i] < time[i - 1]:
-            _fail(path, i + 1, "TIME", f"times are not sorted within patient {_show(pid)}: {time[i]:g} after {time[i - 1]:g}")
+            _fail(path, i + 1, "TIME", f"times are not sorted within patient {show_value(pid)}: {time[i]:g} after {time[i - 1]:g}")
 
     names = df[name_col].astype(str).str.strip().str.lower().to_numpy()
     obs_rows = (evid == 0) & (mdv == 0)
@@ -201,14 +192,14 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
     analytes_present = []
     for i in np.flatnonzero(obs_rows):
         if names[i] not in ANALYTES:
-            _fail(path, i + 1, NAME, f"unknown analyte {_show(df[name_col].iloc[i])}; allowed: {', '.join(sorted(ANALYTES))}")
+            _fail(path, i + 1, NAME, f"unknown analyte {show_value(df[name_col].iloc[i])}; allowed: {', '.join(sorted(ANALYTES))}")
         key = ANALYTES[names[i]]
         if key not in analytes_present:
             analytes_present.append(key)
     analytes = tuple(k for k in BIOMARKER_NAMES if k in analytes_present)
     for i in np.flatnonzero(dose_rows):
         if names[i] not in DRUGS:
-            _fail(path, i + 1, NAME, f"unknown drug {_show(df[name_col].iloc[i])} in a dose row; allowed: {', '.join(sorted(DRUGS))}")
+            _fail(path, i + 1, NAME, f"unknown drug {show_value(df[name_col].iloc[i])} in a dose row; allowed: {', '.join(sorted(DRUGS))}")
         if amt is None:
             _fail(path, i + 1, "AMT", "dose row (EVID=1) but the file has no AMT column")
         if not np.isfinite(amt[i]) or amt[i] < 0:
@@ -226,7 +217,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
         if is_flag:
             if not np.isfinite(limit):
                 if not np.isfinite(dv[i]) or dv[i] <= 0:
-                    _fail(path, i + 1, "DV", f"BLQ row without an LLOQ: DV must hold the LLOQ (> 0), got {_show(df['dv'].iloc[i])}")
+                    _fail(path, i + 1, "DV", f"BLQ row without an LLOQ: DV must hold the LLOQ (> 0), got {show_value(df['dv'].iloc[i])}")
                 limit = dv[i]
             if np.isfinite(dv[i]) and dv[i] > limit:
                 # a flagged row whose value is quantified above the limit: the flag or the value is wrong,
@@ -237,7 +228,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
             censored[i], value[i] = True, limit
             continue
         if not np.isfinite(dv[i]):
-            _fail(path, i + 1, "DV", f"got {_show(df['dv'].iloc[i])}; allowed: a number (or MDV=1 for a missing value)")
+            _fail(path, i + 1, "DV", f"got {show_value(df['dv'].iloc[i])}; allowed: a number (or MDV=1 for a missing value)")
         if dv[i] < 0:
             _fail(path, i + 1, "DV", f"negative concentration {dv[i]:g}; allowed: a value >= 0")
         if np.isfinite(limit) and dv[i] < limit:
@@ -255,7 +246,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
         ok = sex.isin(["F", "M", "NAN"])
         if not ok.all():
             i = int(np.flatnonzero(~ok.to_numpy())[0])
-            _fail(path, i + 1, "SEX", f"got {_show(df['sex'].iloc[i])}; allowed: F or M")
+            _fail(path, i + 1, "SEX", f"got {show_value(df['sex'].iloc[i])}; allowed: F or M")
         per_patient["female"] = np.where(sex == "F", 1.0, np.where(sex == "M", 0.0, np.nan))
     grade_vals = {}
     for col, kind in GRADE_COLUMNS.items():
@@ -289,7 +280,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
             fin = v[np.isfinite(v)]
             if len(fin) and np.any(fin != fin[0]):
                 i = a + int(np.flatnonzero(np.isfinite(v) & (v != fin[0]))[0])
-                _fail(path, i + 1, c.upper(), f"covariate changes within patient {_show(ids_raw[a])}; time-varying covariates are not supported")
+                _fail(path, i + 1, c.upper(), f"covariate changes within patient {show_value(ids_raw[a])}; time-varying covariates are not supported")
             if len(fin):
                 if c in COVARIATES and c not in ("age_years",) and fin[0] <= 0:
                     _fail(path, a + 1, c.upper(), f"got {fin[0]:g}; allowed: a value > 0")
@@ -300,7 +291,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
             fin = v[np.isfinite(v)]
             if len(fin) and np.any(fin != fin[0]):
                 i = a + int(np.flatnonzero(np.isfinite(v) & (v != fin[0]))[0])
-                _fail(path, i + 1, f"{kind.upper()}_GRADE", f"the maximum grade must be the same on every row of patient {_show(ids_raw[a])}")
+                _fail(path, i + 1, f"{kind.upper()}_GRADE", f"the maximum grade must be the same on every row of patient {show_value(ids_raw[a])}")
             grades[kind].append(int(fin[0]) if len(fin) else -1)
     data.grades = {k: np.asarray(v, dtype=np.int32) for k, v in grades.items()}
     nonmem.expand_doses(data, df, dose_rows, path)  # ADDL/II, RATE/DUR, SS
@@ -324,7 +315,7 @@ def _merge_covariates(data: PatientData, path: Path) -> None:
     for r in range(len(df)):
         pid = df["id"].iloc[r]
         if pid not in index:
-            _fail(path, r + 1, "ID", f"patient {_show(pid)} is not in {data.source}")
+            _fail(path, r + 1, "ID", f"patient {show_value(pid)} is not in {data.source}")
         i = index[pid]
         for c in known:
             v = df[c].iloc[r]

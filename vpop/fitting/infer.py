@@ -236,7 +236,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         checkpoint.clear(save_dir)
     total = warmup + draws
 
-    def make_scan(length):
+    def make_scan(length):  # NUTS iterations of one saved segment (the course's time loop is the engine's)
         def body(st, _):
             st = kernel.sample(st, args, kwargs)
             return st, (st.z, st.diverging, st.num_steps, st.accept_prob, st.energy)

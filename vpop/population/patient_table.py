@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from vpop.errors import DataError
+from vpop.errors import DataError, show_value
 from vpop.model.parameters import TABLE
 from vpop.population.sampler import COVARIATES, SENSITIVITIES, PopulationSampler, patient_keys
 
@@ -113,7 +113,7 @@ def validate_table(df: pd.DataFrame, source: str) -> PatientTable:
         bad = ~np.isfinite(values) | (values < low) | (values > high) | (positive & (values <= 0))
         if bad.any():
             i = int(np.argmax(bad))
-            _fail(source, f"row {i + 1}, column {name}: got {raw.iloc[i]!r}; allowed: a finite number {lo_txt} and <= {high}")
+            _fail(source, f"row {i + 1}, column {name}: got {show_value(raw.iloc[i])}; allowed: a finite number {lo_txt} and <= {high}")
         return values
 
     covariates = {}
@@ -132,7 +132,7 @@ def validate_table(df: pd.DataFrame, source: str) -> PatientTable:
         ok = sex.isin(["F", "M", "FEMALE", "MALE"]).to_numpy()
         if not ok.all():
             i = int(np.argmax(~ok))
-            _fail(source, f"row {i + 1}, column sex: got {df['sex'].iloc[i]!r}; allowed: F or M")
+            _fail(source, f"row {i + 1}, column sex: got {show_value(df['sex'].iloc[i])}; allowed: F or M")
         covariates["female"] = sex.str.startswith("F").to_numpy(dtype=np.float64)
     elif "female" in cols:
         raw = df["female"]
@@ -140,7 +140,7 @@ def validate_table(df: pd.DataFrame, source: str) -> PatientTable:
         ok = np.isin(values, [0.0, 1.0])
         if not ok.all():
             i = int(np.argmax(~ok))
-            _fail(source, f"row {i + 1}, column female: got {raw.iloc[i]!r}; allowed: 0 or 1 (or true/false)")
+            _fail(source, f"row {i + 1}, column female: got {show_value(raw.iloc[i])}; allowed: 0 or 1 (or true/false)")
         covariates["female"] = values
 
     eta = {}

@@ -22,8 +22,8 @@ number of patients managed with the policy instead of the reference to
 prevent one event; a negative value is a number needed to harm (the policy
 causes one extra event per |NNT| patients). Its interval is the reciprocal
 of the difference's interval (Altman, BMJ 1998) and is given only when that
-interval excludes 0 (otherwise it runs through infinity: `nnt_low` and
-`nnt_high` are NaN).
+interval excludes 0; otherwise the NNT and its interval run through infinity
+and `nnt`, `nnt_low`, `nnt_high` are NaN (empty in differences.csv).
 
 Endpoints (`patient_endpoints`), each a yes/no per patient: any-grade,
 grade >= 3 and grade 4-5 CRS and ICANS under each requested scale,
@@ -139,11 +139,11 @@ def paired_difference(policy: np.ndarray, reference: np.ndarray, z: float = Z95)
     hi = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     lo, hi = max(-1.0, lo), min(1.0, hi)
     se = math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
-    nnt = 1.0 / -diff if diff != 0 else float("inf")
-    if lo > 0 or hi < 0:
+    if lo > 0 or hi < 0:  # an NNT only where the difference's interval excludes 0
+        nnt = 1.0 / -diff
         nnt_low, nnt_high = sorted((1.0 / -lo, 1.0 / -hi))
     else:
-        nnt_low = nnt_high = float("nan")
+        nnt = nnt_low = nnt_high = float("nan")
     return PairedDifference(n, p2, p1, diff, lo, hi, diff - z * se, diff + z * se, b, c, nnt, nnt_low, nnt_high)
 
 
