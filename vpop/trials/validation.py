@@ -266,7 +266,9 @@ class Runner:
                                                                  if arm.dose_per_kg is not None or arm.flat_dose is not None
                                                                  else ""))
             res = simulate(self.config(arm), n=self.n, seed=self.seed, record_rows=arm.rows)
-            ok = (res.patients["solver_status"] != "nonfinite").to_numpy()
+            from vpop.run.endpoints import failed
+
+            ok = ~np.asarray(failed(res.patients))  # solver failures (and out-of-range read-outs) are left out
             self._cache[arm] = (res.patients.assign(_ok=ok), res.observations)
         return self._cache[arm]
 
