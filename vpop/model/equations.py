@@ -61,7 +61,10 @@ def drug_levels(y, p):
     toci_ugml = y[IDX["toci"]] / p["toci_volume"]
     toci_block = toci_ugml / (toci_ugml + p["toci_ic50"])
     dex_ngml = 1000.0 * y[IDX["dex_central"]] / p["dex_central_volume"]
-    dex_inh = p["dex_emax"] * dex_ngml / (dex_ngml + p["dex_ic50"])
+    # Suppression follows the effect site, not plasma: glucocorticoids act through gene expression, so
+    # dexamethasone's effect lasts 36-54 h although its plasma half-life is ~4 h.
+    dex_site = y[IDX["dex_effect"]]
+    dex_inh = p["dex_emax"] * dex_site / (dex_site + p["dex_ic50"])
     anakinra_pgml = 1e6 * y[IDX["anakinra"]] / p["anakinra_volume"]
     return toci_ugml, toci_block, dex_ngml, dex_inh, anakinra_pgml
 
@@ -251,7 +254,8 @@ def production_loss(t, y, p):
         "crp": P_crp, "ferritin": P_fer, "fibrinogen": P_fib, "ddimer": P_dd, "platelets": P_plt,
         "qalb": P_q, "csf_il6": P_csf, "glia": P_glia, "neuro": P_neuro, "nfl": P_nfl,
         "hypoperfusion": P_hypo, "shock": P_shock,
-        "toci": 0.0, "dex_depot": 0.0, "dex_central": P_dex_c, "dex_peripheral": P_dex_p, "anakinra": 0.0,
+        "toci": 0.0, "dex_depot": 0.0, "dex_central": P_dex_c, "dex_peripheral": P_dex_p,
+        "dex_effect": p["dex_effect_equilibration"] * g["dex_ngml"], "anakinra": 0.0,
     }
     D = {
         "car_effector": D_eff, "car_memory": D_mem, "antigen": D_ag, "myeloid": D_my,
@@ -263,6 +267,7 @@ def production_loss(t, y, p):
         "qalb": p["qalb_relaxation"], "csf_il6": p["csf_turnover"], "glia": D_glia, "neuro": p["neuro_recovery"],
         "nfl": p["nfl_clearance"], "hypoperfusion": 0.0, "shock": 0.0,  # accumulators: no loss
         "toci": D_toci, "dex_depot": p["dex_absorption"], "dex_central": D_dex_c, "dex_peripheral": k_q_p,
+        "dex_effect": p["dex_effect_equilibration"],
         "anakinra": D_ana,
     }
     return assemble(P, D, like=m)

@@ -219,6 +219,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("drugs", "dex_peripheral_volume", 5.06, "L", 2.0, 10.0, "Krzyzanski 2021", "dexamethasone peripheral volume"),
     _p("drugs", "dex_absorption", 0.46 * 24, "1/d", 5.0, 30.0, "Krzyzanski 2021 (ka 0.46/h)", "dexamethasone absorption rate (oral/IM)"),
     _p("drugs", "dex_bioavailability", 0.9, "-", 0.7, 1.0, "MIMS (oral F ~90%)", "oral dexamethasone bioavailability"),
+    _p("drugs", "dex_effect_equilibration", 0.69, "1/d", 0.3, 2.0,
+       "dexamethasone's biological half-life 36-54 h vs ~4 h in plasma (long-acting glucocorticoid; Goodman & "
+       "Gilman's pharmacology); equilibration t1/2 ~1 day",
+       "rate at which the effect-site level follows plasma dexamethasone"),
     _p("drugs", "dex_ic50", 4.0, "ng/mL", 0.5, 40.0, "calibrated (nM range; unverified)", "dexamethasone level giving half-maximal suppression"),
     _p("drugs", "dex_emax", 0.85, "-", 0.5, 1.0, "calibrated", "maximal suppression of cytokine production and activation"),
     _p("drugs", "mp_to_dex", 1.0 / 5.33, "mg dex per mg", 0.15, 0.25, "glucocorticoid equivalence (dex 0.75 mg = MP 4 mg)",

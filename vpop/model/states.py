@@ -48,6 +48,8 @@ STATES: tuple[State, ...] = (
     State("dex_depot", "mg", "oral dexamethasone in the gut depot", "drugs"),
     State("dex_central", "mg", "dexamethasone, central compartment", "drugs"),
     State("dex_peripheral", "mg", "dexamethasone, peripheral compartment", "drugs"),
+    State("dex_effect", "ng/mL", "dexamethasone at its site of action (the genomic effect outlasts the plasma level)",
+          "drugs"),
     State("anakinra", "mg", "anakinra amount in the body", "drugs"),
 )
 
