@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 import platform
 import resource
 import subprocess
@@ -138,6 +139,10 @@ def main(argv=None) -> None:
     ap.add_argument("--diffrax-sizes", default="1000,10000")
     ap.add_argument("--agreement-n", type=int, default=10000)
     ap.add_argument("--substeps", type=int, default=None, help="steps per assessment interval (default: the config's)")
+    ap.add_argument("--compare-ref", default=None,
+                    help="also time an earlier commit's engine side by side at the largest size "
+                         "(scripts/bench_side_by_side.py; e.g. ecc6919, the last commit before the redesign)")
+    ap.add_argument("--compare-repeats", type=int, default=2, help="alternating runs per tree with --compare-ref")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -172,6 +177,12 @@ def main(argv=None) -> None:
     ag = _spawn("agreement", args.agreement_n)
     print(f"grade agreement vs float64 reference (n={ag['n']}): ASTCT {100 * ag['astct_same_max_grades']:.2f}%, "
           f"every scale {100 * ag['all_scales_same_max_grades']:.2f}%", flush=True)
+    if args.compare_ref:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_side_by_side
+
+        bench_side_by_side.main(["--ref", args.compare_ref, "--n", str(max(vp)),
+                                 "--repeats", str(args.compare_repeats)])
 
 
 if __name__ == "__main__":

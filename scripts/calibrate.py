@@ -1,7 +1,8 @@
 """Calibrate the product presets against the published cohort tables (issue 5 §5).
 
 For each preset, the trial it is modelled on (`PRESET_COHORTS`) is read from
-../shared/data/published_cohorts.csv, and a few population typical values
+the published-cohort table shipped with vpop (vpop/data/published_cohorts.csv),
+and a few population typical values
 (`FREE`) are fitted with vpop's NumPyro cohort-table likelihood
 (`vpop.fitting.cohort_tables`, SVI with optax Adam):
 
@@ -10,11 +11,12 @@ For each preset, the trial it is modelled on (`PRESET_COHORTS`) is read from
    Penn trial against Penn, neurologic events against the CTCAE-style scale);
 2. the smoothed surrogate likelihood is anchored to those graded rates, and
    SVI fits the free typical values to the published counts;
-3. the surrogate integrates no management, so each round's proposal is
-   kept only if the full engine (grading and management included) fits the
-   table better on `--evaluate` fixed virtual patients; otherwise a step of
-   half or a quarter of the way is tried, and the search stops when none
-   helps. Rounds repeat from the kept values (`--rounds`);
+3. the smoothed likelihood runs the one course (management included) but
+   relaxes the grades, so each round's proposal is kept only if the exact
+   graded rates of the engine fit the table better on `--evaluate` fixed
+   virtual patients; otherwise a step of half or a quarter of the way is
+   tried, and the search stops when none helps. Rounds repeat from the kept
+   values (`--rounds`);
 4. the fitted values are checked with the full engine on `--check` fresh
    patients (rates with Wilson 95% intervals), and `--predictive` posterior
    draws give the interval that carries parameter uncertainty.
@@ -59,7 +61,7 @@ from vpop.stats import wilson_interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-TABLE = ROOT.parent / "shared" / "data" / "published_cohorts.csv"
+TABLE = ROOT / "vpop" / "data" / "published_cohorts.csv"
 DOC = ROOT / "docs" / "calibration.md"
 STORE = ROOT / "docs" / "calibration.json"  # every preset's last result, so one preset can be re-run alone
 
