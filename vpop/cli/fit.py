@@ -146,8 +146,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError(f"{args.cohort_table}: several cohorts; choose one with --cohort "
                             f"({', '.join(sorted({t.cohort for t in targets}))})")
         _say(args, f"cohort {targets[0].cohort}: setting surrogate thresholds with {args.virtual} virtual patients")
-        cohort = cohort_tables.build_cohort_likelihood(config, targets, free, n_virtual=args.virtual, tau=args.tau,
-                                                       settings=settings)
+        # the trial's own course: the config's engine settings, policy and scales (not the time-course grid)
+        cohort = cohort_tables.build_cohort_likelihood(config, targets, free, n_virtual=args.virtual, tau=args.tau)
     progress = not args.quiet  # periodic lines on stderr (also off a terminal)
     if args.method == "laplace":
         from vpop.fitting import laplace
