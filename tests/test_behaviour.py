@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vpop.run import cohort
@@ -114,7 +115,8 @@ def test_tocilizumab_calms_crs_raises_il6_and_spares_icans(cohorts):
     # Fever and hypotension one day after the first dose, same patients untreated.
     fever_t = _at(ob_t, first + 1.0, "temp_c") >= 38.0
     fever_u = _at(ob_u, first + 1.0, "temp_c") >= 38.0
-    assert fever_t.mean() <= 0.5 * fever_u.mean()
+    effect, lower, upper = paired_difference(pd.Series(fever_t), pd.Series(fever_u))
+    assert upper < 0.0, (effect, lower, upper)  # less fever a day after the dose, same patients
     # Hypotension after the first dose, same patients untreated. Toci at grade 1 comes a day or more before
     # hypotension would, so the whole rest of the course is compared (measured: -0.10 [-0.14, -0.07]).
     after = ob_t.patient_id.map(first) < ob_t.time_day
@@ -143,7 +145,8 @@ def test_dexamethasone_reduces_icans(cohorts):
 
 
 def test_severe_crs_has_the_laboratory_signature(cohorts):
-    pt = cohorts("default").patients
+    # unmanaged, so that enough patients reach grade 3 (the signature does not depend on management)
+    pt = cohorts("none", policy=PRESETS["none"]).patients
     severe, mild = pt[pt.crs_max_grade >= 3], pt[pt.crs_max_grade == 1]
     assert len(severe) >= 10 and len(mild) >= 10
     for col in ("peak_il6_pg_ml", "peak_crp_mg_l", "peak_ferritin_ng_ml", "peak_ddimer_mg_l"):

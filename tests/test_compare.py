@@ -94,8 +94,12 @@ def test_prophylactic_dex_reduces_icans_with_ci(small_comparison):
 def test_icu_support_tracked_by_engine_matches_the_observation_table(default_config):
     from vpop.run.cohort import simulate
 
-    # untreated, so that some patients reach vasopressors and positive pressure
-    res = simulate(replace(small_config(default_config), policy=PRESETS["none"]), n=N, seed=1)
+    # untreated, at 5x the dose and with leakier lungs (inside the parameter table's ranges), so that some
+    # patients reach vasopressors and positive pressure and the two derivations have something to agree on
+    cfg = replace(small_config(default_config), policy=PRESETS["none"])
+    cfg = replace(cfg, population=replace(cfg.population, dose_per_kg=5 * cfg.population.dose_per_kg),
+                  parameters={**cfg.parameters, "lung_sensitivity": 3.0, "leak_rate": 2.0})
+    res = simulate(cfg, n=N, seed=1)
     engine = compare.patient_endpoints(res.patients)
     legacy = res.patients.drop(columns=["max_vasopressors", "positive_pressure_ventilation"])
     from_rows = compare.patient_endpoints(legacy, res.observations)
