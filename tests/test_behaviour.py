@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from vpop.run import cohort
-from vpop.policy.rules import NEVER, PRESETS
+from vpop.policy.settings import NEVER, PRESETS
 
 N = 300
 NO_STEROIDS = dict(dex_crs_trigger_grade=NEVER, dex_crs2_after_toci_doses=NEVER, dex_icans_trigger_grade=NEVER,

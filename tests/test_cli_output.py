@@ -21,7 +21,7 @@ from vpop.cli import main
 from vpop.cli.main import build_parser
 from vpop.cli.trials import differences_table, policy_record
 from vpop.cli.format import cells, pct, plain
-from vpop.policy.rules import PRESETS
+from vpop.policy.settings import PRESETS
 
 # the same small engine as tests/test_compare.py and tests/test_sweep.py: n=200, 10 days, ASTCT only
 SMALL_CONFIG = """\

@@ -10,7 +10,7 @@ import pytest
 
 from vpop.trials import compare
 from vpop.errors import ConfigError
-from vpop.policy.rules import NEVER, PRESETS
+from vpop.policy.settings import NEVER, PRESETS
 
 N = 200  # every simulating test uses n=200, 10 days and ASTCT grading only: one compiled engine for all
 DAYS = 10.0

@@ -148,7 +148,7 @@ def test_unknown_config_lists_the_presets_and_simulate_exits_2(tmp_path, monkeyp
 
 
 def test_vpop_presets_lists_each_product_with_trial_and_scale_and_each_policy(capsys):
-    from vpop.policy.rules import PRESETS
+    from vpop.policy.settings import PRESETS
 
     assert main(["presets"]) == 0
     out = capsys.readouterr().out

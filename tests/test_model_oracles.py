@@ -35,7 +35,7 @@ from vpop.engine import course as engine
 from vpop.engine.course import EngineSettings
 from vpop.model import equations as model
 from vpop.observation import readouts
-from vpop.policy.rules import OFF, PRESETS
+from vpop.policy.settings import OFF, PRESETS
 from vpop.population.sampler import COVARIATES, PopulationSampler, patient_keys
 from vpop.run.cohort import split_keys
 from vpop.solver.etdrk import integrate_interval

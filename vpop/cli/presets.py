@@ -61,7 +61,7 @@ def product_lines() -> list[str]:
 
 
 def policy_lines() -> list[str]:
-    from vpop.policy.rules import PRESETS
+    from vpop.policy.settings import PRESETS
 
     width = max(len(n) for n in PRESETS)
     from vpop.policy.settings import DESCRIPTIONS

@@ -161,7 +161,7 @@ def policy_record(p) -> dict:
     """A policy's fields for comparison.yaml: null, not the internal sentinels, where a rule is off."""
     from dataclasses import asdict
 
-    from vpop.policy.rules import NEVER, OFF
+    from vpop.policy.settings import NEVER, OFF
     from vpop.policy.settings import OTHER_TRIGGERS_OFF
 
     d = asdict(p)

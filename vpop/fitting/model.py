@@ -48,7 +48,7 @@ from vpop.engine.course import EngineSettings, simulate_batch, simulate_patient
 from vpop.errors import UserError
 from vpop.fitting.data import DOSE_KINDS, PatientData
 from vpop.model.parameters import TABLE
-from vpop.policy.rules import PRESETS
+from vpop.policy.settings import PRESETS
 from vpop.population.sampler import COVARIATES, PopulationSampler
 
 DEFAULT_FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")

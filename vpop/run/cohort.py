@@ -128,7 +128,7 @@ def simulate_patient(config: SimulationConfig, seed: int | None = None, patient:
     is fixed at that value), `days`, or `policy` (a preset name).
     """
     from vpop.model.parameters import TABLE
-    from vpop.policy.rules import PRESETS, PolicySettings
+    from vpop.policy.settings import PRESETS, PolicySettings
 
     params, marginals = dict(config.parameters), dict(config.population.marginals)
     engine = config.engine

@@ -32,7 +32,7 @@ from vpop.engine.course import EngineSettings
 from vpop.errors import ConfigError
 from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES
 from vpop.model.parameters import TABLE
-from vpop.policy.rules import CRS_TRIGGER_SCALES, ICANS_TRIGGER_SCALES, PRESETS, PolicySettings, check_scales, with_overrides
+from vpop.policy.settings import CRS_TRIGGER_SCALES, ICANS_TRIGGER_SCALES, PRESETS, PolicySettings, check_scales, with_overrides
 from vpop.population.sampler import COVARIATES, SENSITIVITIES, Marginal, PopulationSpec
 
 

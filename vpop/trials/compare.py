@@ -46,7 +46,7 @@ import pandas as pd
 
 from vpop.errors import ConfigError, UserError
 from vpop.observation.encoding import POSITIVE_PRESSURE
-from vpop.policy.rules import PRESETS, PolicySettings, with_overrides
+from vpop.policy.settings import PRESETS, PolicySettings, with_overrides
 from vpop.run import endpoints
 from vpop.stats import wilson_interval
 
