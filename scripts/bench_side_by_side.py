@@ -16,9 +16,9 @@ import argparse
 import json
 import subprocess
 import sys
+import io
 import tarfile
 import tempfile
-import io
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +53,7 @@ def export(ref: str, dest: Path) -> Path:
 def run_tree(tree: Path, n: int, seed: int, out: Path) -> dict:
     env = {"PYTHONPATH": str(tree), "VPOP_NO_CACHE": "1", "PATH": "/usr/bin:/bin",
            "JAX_PLATFORMS": "cpu"}
-    code = SNIPPET
-    proc = subprocess.run([sys.executable, "-c", code, str(n), str(seed), str(out)], env=env, cwd=tree,
+    proc = subprocess.run([sys.executable, "-c", SNIPPET, str(n), str(seed), str(out)], env=env, cwd=tree,
                           capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{tree}: failed\n{proc.stderr[-3000:]}")
@@ -74,16 +73,15 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         old = export(args.ref, tmp / "old")
         times = {"old": [], "new": []}
+        cols = {}
         for r in range(args.repeats):
             for name, tree in (("old", old), ("new", ROOT)):
                 res = run_tree(tree, args.n, args.seed, tmp / f"{name}.npy")
                 times[name].append(res["run_s"])
+                cols[name] = res["cols"]
                 print(f"run {r + 1} {name}: {res['run_s']:.1f} s ({args.n / res['run_s']:,.0f} patients/s), "
                       f"warm-up {res['warmup_s']:.1f} s", flush=True)
-                if name == "new":
-                    cols_new = res["cols"]
-                else:
-                    cols_old = res["cols"]
+        cols_old, cols_new = cols["old"], cols["new"]
         a, b = np.load(tmp / "old.npy"), np.load(tmp / "new.npy")
         shared = [c for c in cols_new if c in cols_old]
         a = a[:, [cols_old.index(c) for c in shared]]
