@@ -299,8 +299,10 @@ CTCAE_NEURO = [
     (dict(cerebral_edema="focal"), 4),
     (dict(raised_icp_signs=True), 4),
     (dict(tremor_grade=2), 2),
-    (dict(headache_grade=3), 3),
-    (dict(tremor_grade=1, headache_grade=2, ice_score=9.0), 2),
+    (dict(tremor_grade=3), 3),
+    (dict(headache_grade=3), 0),  # recorded, not a neurologic event (as the trials counted them)
+    (dict(tremor_grade=1, ice_score=5.0), 2),
+    (dict(tremor_grade=2, ice_score=9.0), 2),
     (dict(age_years=11.9, capd_score=9.0), 3),
     (dict(age_years=12.0, capd_score=9.0), 0),
     (dict(death_cause="icans"), 5),

@@ -424,9 +424,8 @@ def neuro_grade_ctcae(
     age_years=None,
     capd_score=None,
     tremor_grade=0,
-    headache_grade=0,
 ) -> jax.Array:
-    """Worst CTCAE-style neurologic event grade, 0–5.
+    """Worst CTCAE-style neurologic event grade, 0–5, as CAR-T trials counted neurologic events.
 
     Each neurologic term is graded on its own and the row takes the worst:
 
@@ -438,8 +437,16 @@ def neuro_grade_ctcae(
       repetitive 4;
     - deep focal motor weakness (hemiparesis) 3;
     - cerebral edema (any) 4; signs of raised ICP 4;
-    - tremor and headache: their own CTCAE grades (0–3; missing → 0);
+    - tremor: its own CTCAE grade (0–3; missing → 0);
     - death from ICANS 5.
+
+    Headache is not a neurologic event here. The trials counted events from
+    a list of encephalopathy-type terms (ZUMA-1's most frequent: encephalopathy,
+    confusion, tremor, aphasia, somnolence) and reported headache as an
+    adverse event of its own; Lee 2014 lists it among CRS's constitutional
+    symptoms. Counting it would put neurologic events above JULIET's 21% and
+    KarMMa's 18% in any population where headache is common after CAR-T.
+    `headache_grade` stays an observation column (recorded, not graded).
 
     **References:** National Cancer Institute. CTCAE v5.0, 2017.
     """
@@ -450,7 +457,6 @@ def neuro_grade_ctcae(
     level = jnp.maximum(level, jnp.where(as_code(cerebral_edema) >= enc.EDEMA_FOCAL, 4, 0))
     level = jnp.maximum(level, jnp.where(as_bool(raised_icp_signs), 4, 0))
     level = jnp.maximum(level, jnp.clip(jnp.asarray(tremor_grade), 0, 3))
-    level = jnp.maximum(level, jnp.clip(jnp.asarray(headache_grade), 0, 3))
     return _neuro_grade(level, death_cause)
 
 
@@ -493,7 +499,7 @@ SCALE_COLUMNS = {
     ("crs", "ctcae5"): _CRS_COMMON + ("fio2",),
     ("neuro", "astct"): _NEURO_COMMON,
     ("neuro", "cartox"): _NEURO_COMMON,
-    ("neuro", "ctcae"): _NEURO_COMMON + ("tremor_grade", "headache_grade"),
+    ("neuro", "ctcae"): _NEURO_COMMON + ("tremor_grade",),
 }
 
 

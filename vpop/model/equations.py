@@ -41,8 +41,8 @@ def _relu(x):
 def _ignited(x, p):
     """A self-amplifying loop's own stimulus, x^2 / (x + threshold): no gain at rest, linear once lit.
 
-    Three loops feed themselves (monocytes' TNF/IL-1; IL-6 and the endothelium, lit here on the
-    endothelium's own IL-6 output; glia and CSF IL-6).
+    Two loops feed themselves (monocytes' TNF/IL-1; IL-6 and the endothelium, lit here on the
+    endothelium's own IL-6 output).
     With a linear gain at rest, a sensitive enough patient's loop ignites from nothing, and CRS or
     ICANS appear without CAR-T cells; with this form every resting state is stable and the loops are
     lit only by CAR-T signals (Norelli 2018, Giavridis 2018: CAR-T activation of monocytes starts CRS).
@@ -173,9 +173,14 @@ def production_loss(t, y, p):
     P_tnf = cyto * (p["tnf_per_myeloid"] * m_x + p["tnf_per_car"] * engaged)
     P_il1 = cyto * p["il1_per_myeloid"] * m_x
     P_il1ra = p["il1ra_clearance"] * p["il1ra_basal"] + cyto * p["il1ra_per_myeloid"] * m_x
+    # Macrophages make most of their IL-6 in answer to IL-1 (Giavridis 2018: IL-1 blockade cut IL-6 and
+    # abolished CRS lethality; Norelli 2018): a fraction `il6_il1_dependence` of their output needs IL-1
+    # signalling, which is saturated in any storm but is taken away by anakinra.
+    il1_help = 1.0 - p["il6_il1_dependence"] * p["il6_il1_ec50"] / (g["il1_signal"] + p["il6_il1_ec50"])
     P_il6 = (
         (p["il6_clearance_linear"] + p["il6_clearance_receptor"]) * p["il6_basal"]
-        + cyto * (p["il6_per_myeloid"] * m2_x + p["il6_per_endothelium"] * _ignited(s["endothelium"], p) + p["il6_per_car"] * engaged)
+        + cyto * (p["il6_per_myeloid"] * il1_help * m2_x + p["il6_per_endothelium"] * _ignited(s["endothelium"], p)
+                  + p["il6_per_car"] * engaged)
     )
     D_il6 = p["il6_clearance_linear"] + p["il6_clearance_receptor"] * (1.0 - g["toci_block"])
     P_il10 = cyto * (p["il10_per_myeloid"] * m_x + p["il10_per_car"] * engaged)
@@ -216,15 +221,18 @@ def production_loss(t, y, p):
     P_q = p["qalb_relaxation"] * p["qalb0"] * (1.0 + bbb_drive)
     barrier = g["barrier"]
     P_csf = p["csf_turnover"] * (barrier * s["il6"] + p["glia_il6"] * s["glia"])
-    # Glia make CSF IL-6 and CSF IL-6 activates glia: like the monocytes' loop, this one amplifies only
-    # past a threshold (Hill 2), so the CNS is stable at rest and inflames only when serum signals reach it.
-    csf_autocrine = _relu(s["csf_il6"] - p["csf_il6_partition"] * p["il6_basal"]) / p["glia_ec_csf_il6"]
-    csf_autocrine = _ignited(csf_autocrine, p)
+    # CNS myeloid cells are driven from the blood, not by their own IL-6: what reaches them through the
+    # barrier (serum IL-6 above rest, GM-CSF, IL-1) and antigen-engaged CAR-T cells. A glia -> CSF IL-6 ->
+    # glia loop would let a sensitive patient's CNS inflame without systemic inflammation and stay inflamed
+    # for weeks after it; ICANS instead follows CRS (Gust 2017: 28/28 severe cases) and resolves as serum
+    # cytokines fall (Santomasso 2018). Glia still make CSF IL-6 (above serum in severe ICANS), as output.
+    serum_il6 = barrier * _relu(s["il6"] - p["il6_basal"]) / p["glia_ec_csf_il6"]
     glia_stimulus = (
-        csf_autocrine
+        serum_il6
         + barrier * s["gmcsf"] / p["glia_ec_gmcsf"]
         + g["il1_cns"] / p["glia_ec_il1"]
-        + barrier * s["car_effector"] / p["glia_ec_car"]
+        # engaged cells only: CAR-T cells sit in the CSF of patients without ICANS too (Gust 2017)
+        + barrier * engaged / p["glia_ec_car"]
     )
     glia_act = p["glia_activation_rate"] * p["cns_sensitivity"] * glia_stimulus * (1.0 - dex_inh)
     P_glia = glia_act

@@ -108,6 +108,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("cytokine", "il6_basal", 3.0, "pg/mL", 1.0, 10.0, "normal serum IL-6 < 7 pg/mL (reference summaries)", "baseline serum IL-6"),
     _p("cytokine", "il6_per_myeloid", 68830.3227, "pg/mL/d", 10000.0, 1000000.0, "calibrated; Norelli 2018 (monocytes main IL-6 source)",
        "IL-6 from activated myeloid cells (scales with activation squared)"),
+    _p("cytokine", "il6_il1_dependence", 0.7, "fraction", 0.0, 0.95,
+       "Giavridis 2018 (IL-1 blockade lowered serum IL-6 and prevented CRS death in mice); Norelli 2018",
+       "share of myeloid IL-6 output that needs IL-1 signalling (what anakinra can take away)"),
+    _p("cytokine", "il6_il1_ec50", 1.0, "pg/mL", 0.1, 10.0, "calibrated (saturated at storm IL-1 levels of a few pg/mL)",
+       "IL-1 signal giving half the IL-1-dependent myeloid IL-6 output"),
     _p("cytokine", "il6_per_endothelium", 8000.0, "pg/mL/d", 0.0, 50000.0, "calibrated; Obstfeld 2017 (endothelial IL-6)",
        "IL-6 from activated endothelium"),
     _p("cytokine", "il6_per_car", 60.0, "pg/mL/d per cell/uL", 0.0, 1000.0, "calibrated; Hosseini 2020 (IL-6 per activated T cell)",
@@ -127,7 +132,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("myeloid", "loop_ignition_threshold", 0.1, "stimulus units", 0.02, 2.0,
        "structural: no CRS or ICANS without CAR-T; CAR-T activation of monocytes starts CRS (Norelli Nat Med 2018, "
        "Giavridis Nat Med 2018)",
-       "own stimulus at which a self-amplifying loop (monocyte TNF/IL-1, IL-6-endothelium, glia-CSF IL-6) reaches "
+       "own stimulus at which a self-amplifying loop (monocyte TNF/IL-1, IL-6-endothelium) reaches "
        "half its linear gain (x^2/(x + threshold)): no gain at rest"),
     _p("myeloid", "myeloid_ec_il1", 40.0, "pg/mL", 1.0, 100.0, "calibrated; Giavridis 2018 (IL-1 amplifies)", "IL-1 signal giving unit myeloid stimulus"),
     _p("myeloid", "myeloid_ec_contact", 100.0, "cells/uL", 5.0, 500.0, "calibrated (CD40L / contact activation)",
@@ -175,7 +180,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "ferritin at full myeloid activation (scales with activation squared)"),
     _p("acute_phase", "fibrinogen_turnover", 0.24, "1/d", 0.17, 0.3, "Collen 1972 (FCR 0.24/d)", "fibrinogen fractional catabolic rate"),
     _p("acute_phase", "fibrinogen_il6_gain", 1.0, "-", 0.0, 3.0, "calibrated (acute-phase rise)", "relative rise of fibrinogen synthesis at maximal IL-6 signalling"),
-    _p("acute_phase", "fibrinogen_consumption", 2.0, "1/d", 0.0, 10.0, "calibrated; Hay 2017 (consumptive coagulopathy)",
+    _p("acute_phase", "fibrinogen_consumption", 1.1, "1/d", 0.0, 10.0,
+       "Levine 2021 (ELIANA+ENSIGN: fibrinogen < 1.0 g/L in 8% of CRS patients; set on the tisa-cel B-ALL preset, "
+       "simulated 3.5% at 1.0, 20% at 1.3); Hay 2017 (consumptive coagulopathy)",
        "fibrinogen consumption per cubed endothelial activation"),
     _p("acute_phase", "ddimer_clearance", 2.08, "1/d", 1.0, 3.0, "D-dimer t1/2 ~8 h (vascular-medicine summaries)", "D-dimer elimination"),
     _p("acute_phase", "ddimer_basal", 0.4, "mg/L FEU", 0.1, 1.0, "reference < 0.5 mg/L FEU (unverified)", "baseline D-dimer"),
@@ -195,7 +202,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("cns", "glia_il6", 60.0, "pg/mL", 0.0, 1000.0, "calibrated; Santomasso 2018 (CNS-specific IL-6 production)", "CSF IL-6 from fully activated CNS myeloid cells"),
     _p("cns", "glia_activation_rate", 0.3801, "1/d", 0.1, 2.0, "calibrated (ICANS peaks days 5-14)", "activation rate of CNS myeloid/glial cells"),
     _p("cns", "glia_deactivation", 0.35, "1/d", 0.05, 1.0, "calibrated", "return of CNS myeloid cells to rest"),
-    _p("cns", "glia_ec_csf_il6", 60.0, "pg/mL", 10.0, 1000.0, "calibrated", "CSF IL-6 giving unit glial stimulus"),
+    _p("cns", "glia_ec_csf_il6", 60.0, "pg/mL", 10.0, 1000.0, "calibrated; Gust 2017 (CNS IL-6 tracks serum IL-6 with barrier leak)",
+       "CSF IL-6 of serum origin (above rest) giving unit glial stimulus"),
     _p("cns", "glia_ec_gmcsf", 60.0, "pg/mL", 5.0, 1000.0, "calibrated; Sterner 2019 (GM-CSF and neurotoxicity)", "CNS-entering GM-CSF giving unit glial stimulus"),
     _p("cns", "glia_ec_il1", 10.0, "pg/mL", 1.0, 100.0, "calibrated; Norelli 2018 (IL-1 blockade prevents NT)", "CNS IL-1 signal giving unit glial stimulus"),
     _p("cns", "glia_ec_car", 60.0, "cells/uL", 5.0, 1000.0, "calibrated (CAR-T trafficking to CSF)", "CNS-entering CAR-T giving unit glial stimulus"),
