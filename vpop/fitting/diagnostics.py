@@ -20,7 +20,14 @@ Files (all optional except the first two; a file is absent when its method does 
   individual-based diagnostics are then unreliable);
 * `loo.json`: PSIS-LOO of the observations (ArviZ): `elpd_loo, se, p_loo, n_data_points,
   warning, pareto_k_above_0.7`; compare two models by elpd_loo (larger is better);
-* `identifiability.json`: `vpop.fitting.identifiability.Identifiability.to_dict()`.
+* `identifiability.json`: `vpop.fitting.identifiability.Identifiability.to_dict()`;
+* `vpc.csv`: visual predictive check, one row per analyte and observation time (on the fitting grid):
+  `analyte,time,n,obs_q05,obs_q50,obs_q95,sim_q05_lo,sim_q05_hi,sim_q50_lo,sim_q50_hi,sim_q95_lo,sim_q95_hi,
+  obs_blq,sim_blq_lo,sim_blq_hi`: the 5th, 50th and 95th percentiles of the observed values, and the 5-95 %
+  range of the same percentiles over data sets simulated from the fit (new patients: population draw,
+  new random effects, residual error; the NPDE's replicates). Values below an analyte's LLOQ (the lowest
+  censored value of that analyte) count at the LLOQ in both, and `obs_blq` / `sim_blq_*` give the
+  fraction below it.
 """
 
 from __future__ import annotations
@@ -155,6 +162,35 @@ def loo(problem, samples, n_draws: int = 200, options=None) -> dict:
     return {"elpd_loo": float(res.elpd_loo), "se": float(res.se), "p_loo": float(res.p_loo),
             "n_data_points": int(res.n_data_points), "n_draws": int(ll.shape[0]), "warning": bool(res.warning),
             "pareto_k_above_0.7": int((k > 0.7).sum())}
+
+
+def vpc_table(problem, sims_log, quantiles=(0.05, 0.5, 0.95)) -> pd.DataFrame:
+    """The VPC (module docstring) from K simulated data sets (K, n, m) of log values on the problem's design."""
+    sims = np.asarray(sims_log)
+    y = np.asarray(problem.obs_logv)
+    mask = np.asarray(problem.obs_mask)
+    cens = np.asarray(problem.obs_cens)
+    ana = np.asarray(problem.obs_analyte)
+    t = np.round((np.asarray(problem.obs_k) + np.asarray(problem.obs_w)) * problem.settings.dt, 6)
+    rows = []
+    for j, name in enumerate(problem.analytes):
+        sel_a = mask & (ana == j)
+        lloq = float(np.min(y[sel_a & cens])) if np.any(sel_a & cens) else -np.inf
+        for tt in np.unique(t[sel_a]):
+            sel = sel_a & (t == tt)
+            obs = np.maximum(y[sel], lloq)
+            sim = np.maximum(sims[:, sel], lloq)  # (K, k)
+            q_obs = np.quantile(obs, quantiles)
+            q_sim = np.quantile(sim, quantiles, axis=1)  # (3, K)
+            blq = np.mean(sim <= lloq, axis=1)
+            row = {"analyte": name, "time": float(tt), "n": int(sel.sum())}
+            for q, qo, qs in zip(("q05", "q50", "q95"), q_obs, q_sim):
+                lo, hi = np.quantile(qs, [0.05, 0.95])
+                row.update({f"obs_{q}": float(np.exp(qo)), f"sim_{q}_lo": float(np.exp(lo)), f"sim_{q}_hi": float(np.exp(hi))})
+            row.update({"obs_blq": float(np.mean(cens[sel])), "sim_blq_lo": float(np.quantile(blq, 0.05)),
+                        "sim_blq_hi": float(np.quantile(blq, 0.95))})
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def write_json(path: Path, obj) -> None:

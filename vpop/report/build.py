@@ -705,11 +705,81 @@ def fit_section(page: Page, src: FitSource) -> None:
                     "Observed values against the posterior median of the individual predictions, with the 90% band "
                     "(log-log; the dashed line is identity). Open triangles: below the lower limit of quantification.",
                     alt="observed vs predicted")
+    fit_diagnostics(page, src)
     if src.rates is not None and len(src.rates):
         page.figure(F.published_vs_simulated(src.rates),
                     "Published cohort rates against rates simulated from posterior draws (median and 90% interval, "
                     "parameter uncertainty and cohort sampling noise). Points on the dashed line agree.",
                     alt="published vs simulated rates")
+
+
+def fit_diagnostics(page: Page, src: FitSource) -> None:
+    """The diagnostics files of a fit (`vpop.fitting.diagnostics`): each shown when the fit wrote it."""
+    if src.loss_trace is not None and len(src.loss_trace):
+        page.heading("Optimiser loss", 3)
+        page.figure(F.loss_trace(src.loss_trace),
+                    "Loss per iteration (loss_trace.csv): SVI negative ELBO, or the MAP search's negative log posterior "
+                    "(Laplace). A trace still falling at the end has not converged.", alt="loss trace")
+    if src.sampler_stats is not None and len(src.sampler_stats):
+        page.heading("Sampler (NUTS)", 3)
+        ss = src.sampler_stats
+        per = ss.groupby("chain").agg(draws=("draw", "size"), divergences=("diverging", "sum"),
+                                      mean_leapfrog_steps=("n_steps", "mean"))
+        if "tree_depth" in ss.columns:
+            per["max_tree_depth"] = ss.groupby("chain")["tree_depth"].max()
+            per["mean_tree_depth"] = ss.groupby("chain")["tree_depth"].mean()
+        if "acceptance_rate" in ss.columns:
+            per["mean_acceptance"] = ss.groupby("chain")["acceptance_rate"].mean()
+        if src.ebfmi is not None:
+            per["E-BFMI"] = src.ebfmi.set_index("chain")["ebfmi"]
+        page.table(per.reset_index().map(lambda v: num(v, 3) if isinstance(v, float) else v),
+                   "Per chain (sampler_stats.csv, ebfmi.csv): any divergence, a tree depth at its maximum or an "
+                   "E-BFMI below 0.3 means the posterior was not explored well.")
+        n_div = int(ss["diverging"].astype(bool).sum())
+        if n_div:
+            page.note(f"Warning: {n_div} divergent transitions.", warning=True)
+        if src.ebfmi is not None and (src.ebfmi["ebfmi"] < 0.3).any():
+            page.note("Warning: E-BFMI below 0.3 in some chain.", warning=True)
+    if src.convergence is not None and len(src.convergence):
+        page.heading("Convergence", 3)
+        conv = src.convergence
+        page.table(conv.map(lambda v: num(v, 4) if isinstance(v, float) else v),
+                   "Per population quantity (convergence.csv, ArviZ): R-hat should be at most 1.01 and bulk ESS at "
+                   "least 100 per chain (NaN for one chain or a Laplace/SVI sample, where they do not apply).")
+        if "r_hat" in conv.columns:
+            bad = conv[pd.to_numeric(conv["r_hat"], errors="coerce") > 1.01]
+            if len(bad):
+                page.note("Warning: R-hat above 1.01 for " + ", ".join(map(str, bad["variable"])) + ".", warning=True)
+    if src.shrinkage is not None and len(src.shrinkage):
+        page.heading("Eta shrinkage", 3)
+        page.table(src.shrinkage.map(lambda v: num(v, 3) if isinstance(v, float) else v),
+                   "1 - SD(posterior mean eta_i) / omega (shrinkage.csv). Above 0.3 the individual estimates are "
+                   "pulled to the typical value and individual-based diagnostics (IWRES, individual fits) mislead.")
+    if src.loo is not None:
+        page.heading("Information criterion (PSIS-LOO)", 3)
+        page.key_values([(k, num(v, 4) if isinstance(v, float) else str(v)) for k, v in src.loo.items()])
+        page.paragraph("Compare two models fitted to the same data by elpd_loo (larger is better; a difference "
+                       "below about twice its standard error is not meaningful). Pareto k above 0.7 marks "
+                       "observations whose leave-one-out estimate is unreliable.")
+    pred = src.predictions
+    if pred is not None and len(pred) and "npde" in pred.columns:
+        page.heading("Residuals (NPDE)", 3)
+        page.figure(F.npde_panels(pred),
+                    "Normalised prediction distribution errors (predictions.csv): standard normal when the model "
+                    "describes the data; trends against time or the population prediction show misfit.",
+                    alt="NPDE")
+    if pred is not None and len(pred) and {"ID", "TIME", "pop_pred"} <= set(pred.columns):  # written since vpop fit has pop_pred
+        page.heading("Individual fits", 3)
+        page.figure(F.individual_fits(pred),
+                    "Each patient's observations with the individual prediction (posterior median, 90% band) and "
+                    "the population prediction (dashed), first 12 patients. Open triangles: censored at the LLOQ.",
+                    alt="individual fits")
+    if src.vpc is not None and len(src.vpc):
+        page.heading("Visual predictive check", 3)
+        page.figure(F.vpc_panels(src.vpc),
+                    "Observed 5th, 50th (red) and 95th percentiles per observation time (points) against the 5-95% "
+                    "range of the same percentiles in data sets simulated from the fit (bands; vpc.csv).",
+                    alt="visual predictive check")
 
 
 # --- provenance ----------------------------------------------------------------------------------------------------

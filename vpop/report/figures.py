@@ -567,3 +567,112 @@ def published_vs_simulated(rates: pd.DataFrame) -> Figure:
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     return fig
+
+
+def loss_trace(trace: pd.DataFrame) -> Figure:
+    """The optimiser's loss (SVI negative ELBO, or the MAP search's negative log posterior) per iteration,
+    as its excess over the final value on a log axis (so the last decades of convergence are visible)."""
+    fig = _fig(2.6, width=5.5)
+    ax = fig.subplots()
+    loss = trace["loss"].to_numpy(dtype=float)
+    ok = np.isfinite(loss)
+    excess = loss[ok] - loss[ok].min() + 1e-3
+    ax.plot(trace["iteration"].to_numpy()[ok], excess, lw=0.8, color="#4575b4")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration", fontsize=8)
+    ax.set_ylabel("loss above its minimum (+0.001)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def npde_panels(pred: pd.DataFrame) -> Figure:
+    """NPDE: histogram against the standard normal, and against time and the population prediction."""
+    from scipy.stats import norm
+
+    d = pred[np.isfinite(pred["npde"].to_numpy(dtype=float))]
+    fig = _fig(2.8)
+    a1, a2, a3 = fig.subplots(1, 3)
+    v = d["npde"].to_numpy(dtype=float)
+    a1.hist(v, bins=20, density=True, color="#91bfdb", edgecolor="white")
+    x = np.linspace(-3.5, 3.5, 200)
+    a1.plot(x, norm.pdf(x), "k--", lw=0.8)
+    a1.set_xlabel("NPDE (dashed: N(0, 1))", fontsize=8)
+    for ax, col, lab, log in ((a2, "TIME", "day", False), (a3, "pop_pred", "population prediction", True)):
+        if col not in d.columns:
+            ax.set_visible(False)
+            continue
+        for name, g in d.groupby("analyte", sort=False):
+            ax.plot(g[col].to_numpy(dtype=float), g["npde"].to_numpy(dtype=float), "o", ms=2.5, alpha=0.6, label=str(name))
+        for yv in (-1.645, 0.0, 1.645):
+            ax.axhline(yv, color="k", lw=0.6, ls="--" if yv else "-")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(lab, fontsize=8)
+        ax.set_ylabel("NPDE", fontsize=8)
+    for ax in (a1, a2, a3):
+        ax.tick_params(labelsize=7)
+    handles = {lab: h for h, lab in zip(*a2.get_legend_handles_labels())}
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(6, len(handles)),
+                   fontsize=7, frameon=False)
+    return fig
+
+
+def individual_fits(pred: pd.DataFrame, max_patients: int = 12) -> Figure:
+    """Each patient's data (points; open triangles at the LLOQ when censored) with the individual prediction
+    (posterior median, line, 90% band) and the population prediction (dashed), one panel per patient."""
+    ids = list(dict.fromkeys(pred["ID"]))[:max_patients]
+    cols = min(4, len(ids))
+    rows = -(-len(ids) // cols)
+    fig = _fig(2.2 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colours = dict(zip(dict.fromkeys(pred["analyte"]), ("#4575b4", "#d73027", "#1a9850", "#762a83", "#e08214", "#555555")))
+    for ax, pid in zip(axes.flat, ids):
+        d = pred[pred["ID"] == pid]
+        for name, g in d.groupby("analyte", sort=False):
+            g = g.sort_values("TIME")
+            c = colours.get(name, "k")
+            t = g["TIME"].to_numpy(dtype=float)
+            cens = g["censored"].astype(bool).to_numpy() if "censored" in g.columns else np.zeros(len(g), bool)
+            ax.fill_between(t, g["pred_q05"].to_numpy(dtype=float), g["pred_q95"].to_numpy(dtype=float), color=c, alpha=0.15, lw=0)
+            ax.plot(t, g["pred_median"].to_numpy(dtype=float), "-", color=c, lw=0.9, label=str(name))
+            if "pop_pred" in g.columns:
+                ax.plot(t, g["pop_pred"].to_numpy(dtype=float), "--", color=c, lw=0.6)
+            dv = g["DV"].to_numpy(dtype=float)
+            ax.plot(t[~cens], dv[~cens], "o", color=c, ms=3)
+            ax.plot(t[cens], dv[cens], "v", mfc="none", color=c, ms=4)
+        ax.set_yscale("log")
+        ax.set_title(f"ID {pid}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(ids):]:
+        ax.set_visible(False)
+    handles = {lab: h for ax in axes.flat for h, lab in zip(*ax.get_legend_handles_labels())}
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(6, len(handles)),
+                   fontsize=7, frameon=False)
+    return fig
+
+
+def vpc_panels(vpc: pd.DataFrame) -> Figure:
+    """Visual predictive check by analyte: observed 5th/50th/95th percentiles (lines and points) over the
+    5-95% ranges of the same percentiles in data sets simulated from the fit (bands)."""
+    analytes = list(dict.fromkeys(vpc["analyte"]))
+    cols = min(3, len(analytes))
+    rows = -(-len(analytes) // cols)
+    fig = _fig(2.8 * rows + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.flat, analytes):
+        d = vpc[vpc["analyte"] == name].sort_values("time")
+        t = d["time"].to_numpy(dtype=float)
+        for q, c in (("q05", "#4575b4"), ("q50", "#d73027"), ("q95", "#4575b4")):
+            ax.fill_between(t, d[f"sim_{q}_lo"].to_numpy(dtype=float), d[f"sim_{q}_hi"].to_numpy(dtype=float),
+                            color=c, alpha=0.2, lw=0)
+            ax.plot(t, d[f"obs_{q}"].to_numpy(dtype=float), "o-", color=c, ms=3, lw=0.9)
+        ax.set_yscale("log")
+        ax.set_title(str(name), fontsize=9)
+        ax.set_xlabel("day", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(analytes):]:
+        ax.set_visible(False)
+    return fig

@@ -48,6 +48,15 @@ OC_COLUMNS = ("dose", "level", "true_dlt_rate", "true_ci_low", "true_ci_high", "
               "mean_dlts")
 FIT_RATES_COLUMNS = ("endpoint", "published", "simulated_median", "low", "high")
 PREDICTION_COLUMNS = ("analyte", "DV", "pred_median", "pred_q05", "pred_q95")
+# (FitSource attribute, file, required columns) of the fit diagnostics (`vpop.fitting.diagnostics`)
+FIT_DIAGNOSTIC_FILES = (
+    ("loss_trace", "loss_trace.csv", ("iteration", "loss")),
+    ("sampler_stats", "sampler_stats.csv", ("chain", "draw", "diverging", "n_steps")),
+    ("ebfmi", "ebfmi.csv", ("chain", "ebfmi")),
+    ("convergence", "convergence.csv", ("variable",)),
+    ("shrinkage", "shrinkage.csv", ("parameter", "shrinkage")),
+    ("vpc", "vpc.csv", ("analyte", "time", "obs_q50", "sim_q50_lo", "sim_q50_hi")),
+)
 SKIP_SUBFOLDERS = {"cells", "patients", "observations"}
 
 
@@ -95,6 +104,14 @@ class FitSource(Source):
     summary: pd.DataFrame | None = None
     predictions: pd.DataFrame | None = None
     rates: pd.DataFrame | None = None
+    # the diagnostics files of `vpop.fitting.diagnostics` (each None when the method does not write it)
+    loss_trace: pd.DataFrame | None = None
+    sampler_stats: pd.DataFrame | None = None
+    ebfmi: pd.DataFrame | None = None
+    convergence: pd.DataFrame | None = None
+    shrinkage: pd.DataFrame | None = None
+    loo: dict | None = None
+    vpc: pd.DataFrame | None = None
 
 
 # --- reading helpers -------------------------------------------------------------------
@@ -266,6 +283,13 @@ def load_fit(folder: Path, label: str) -> FitSource:
         src.predictions = _read_csv(folder / "predictions.csv", PREDICTION_COLUMNS)
     if (folder / "rates.csv").is_file():
         src.rates = _read_csv(folder / "rates.csv", FIT_RATES_COLUMNS)
+    for attr, name, cols in FIT_DIAGNOSTIC_FILES:
+        if (folder / name).is_file():
+            src.files.append(folder / name)
+            setattr(src, attr, _read_csv(folder / name, cols))
+    if (folder / "loo.json").is_file():
+        src.files.append(folder / "loo.json")
+        src.loo = _read_json(folder / "loo.json")
     src.config_text = _text(folder / "fitted.yaml")
     if src.config_text is not None:
         src.config_name = "fitted.yaml"
