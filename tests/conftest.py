@@ -25,3 +25,44 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _persistent_cache_stays_in_its_test():
+    """A test that runs `vpop simulate` in this process turns JAX's persistent cache on, and JAX's
+    config is global: switch it off after that test, so the rest of the suite never writes
+    executables to disk from this long-lived process (subprocesses keep their own cache)."""
+    yield
+    if jax.config.jax_compilation_cache_dir:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
+
+
+def _resident_gib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bounded_memory():
+    """Every config compiles its own programs, and JAX keeps each one alive: over the whole suite
+    (CI runs the slow tests too) the process would grow by gigabytes. Past 3 GiB resident, drop
+    the compiled programs between test modules (a later module recompiles what it needs)."""
+    yield
+    if _resident_gib() > 3.0:
+        import gc
+
+        from vpop.engine import course, sharding
+
+        jax.clear_caches()
+        course.compiled_batch.cache_clear()
+        sharding.sharded_batch.cache_clear()
+        gc.collect()
