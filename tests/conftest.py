@@ -66,3 +66,9 @@ def _bounded_memory():
         course.compiled_batch.cache_clear()
         sharding.sharded_batch.cache_clear()
         gc.collect()
+        try:  # hand the freed heap back to the system (glibc keeps it otherwise)
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
