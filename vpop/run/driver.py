@@ -218,30 +218,47 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
         compile_seconds = 0.0
         done, batches = done_before, 0
         t_start = time.perf_counter()
+        # Every batch of every chunk, in order; `last` marks a chunk's final batch.
+        jobs = []
         for index, lo, hi in chunks:
-            for start in range((lo // B) * B, hi, B):  # batches aligned on patient ids
-                ids = padded_ids(start, plan.n, B)
-                if compiled is None:  # the first batch compiles the sampler and the engine
-                    if stage is not None:
-                        stage("compiling")
-                    t0 = time.perf_counter()
-                if plan.table is None:
-                    pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
-                    cov, p = sample(pop_keys)
-                else:
-                    keys, given, eta = patient_table_mod.batch_rows(plan.table, ids, plan.seed)
-                    pop_keys, event_keys = split_keys(keys)
-                    cov, p = sample_given(pop_keys, given, eta)
-                if compiled is None:
-                    compiled = executable(engine, plan.settings, p, event_keys, policy)
-                    compile_seconds = time.perf_counter() - t0
-                    if stage is not None:
-                        stage("simulating")
-                rows, summ = compiled(p, event_keys, policy)
+            starts = list(range((lo // B) * B, hi, B))  # batches aligned on patient ids
+            jobs += [(index, lo, hi, start, start == starts[-1]) for start in starts]
+            if not starts:
+                jobs.append((index, lo, hi, None, True))
+
+        def dispatch(start):
+            """Sample a batch and start the engine on it; JAX runs it asynchronously."""
+            nonlocal compiled, compile_seconds
+            ids = padded_ids(start, plan.n, B)
+            if compiled is None:  # the first batch compiles the sampler and the engine
+                if stage is not None:
+                    stage("compiling")
+                t0 = time.perf_counter()
+            if plan.table is None:
+                pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
+                cov, p = sample(pop_keys)
+            else:
+                keys, given, eta = patient_table_mod.batch_rows(plan.table, ids, plan.seed)
+                pop_keys, event_keys = split_keys(keys)
+                cov, p = sample_given(pop_keys, given, eta)
+            if compiled is None:
+                compiled = executable(engine, plan.settings, p, event_keys, policy)
+                compile_seconds = time.perf_counter() - t0
+                if stage is not None:
+                    stage("simulating")
+            return cov, compiled(p, event_keys, policy)
+
+        # The next batch is dispatched before this one's tables are built, so the engine
+        # runs while Python builds tables and writes them (about half of a plain run's time).
+        pending = dispatch(jobs[0][3]) if jobs and jobs[0][3] is not None else None
+        for j, (index, lo, hi, start, last) in enumerate(jobs):
+            if start is not None:
+                cov, (rows, summ) = pending
+                following = jobs[j + 1][3] if j + 1 < len(jobs) else None
+                pending = dispatch(following) if following is not None else None
                 cov = {k: np.asarray(v) for k, v in cov.items()}
                 rows = {k: np.asarray(v) for k, v in rows.items()}
                 summ = {k: np.asarray(v) for k, v in summ.items()}
-                del p
                 first, stop = max(lo, start), min(hi, start + B)  # this chunk's part of the batch
                 # Tables a slice at a time: pandas and Arrow copies of a whole batch's rows would dominate memory.
                 for a in range(first, stop, TABLE_PATIENTS):
@@ -260,8 +277,9 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                         progress(done, total)
                 del rows, summ, cov
                 batches += 1
-            sink.chunk_done(index)
-            if after_chunk is not None:
-                after_chunk(index)
+            if last:
+                sink.chunk_done(index)
+                if after_chunk is not None:
+                    after_chunk(index)
     elapsed = time.perf_counter() - t_start
     return RunStats(compile_seconds, elapsed - compile_seconds, summary, batches)

@@ -30,7 +30,6 @@ accuracy the benchmark checks against a tight-tolerance reference.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,16 +86,26 @@ def etdrk4_step(production_loss, t, y, h, p):
     return y_next, err
 
 
-class Frozen(NamedTuple):
+@jax.tree_util.register_pytree_node_class
+class Frozen:
     """The ETDRK4 coefficients of the states whose loss rate is a constant (`constant_loss_rows`).
 
     Their loss rates depend on the parameters only, so their coefficients are the same at
     every step of a course and are computed once per interval, not once per step
-    (`frozen_coefficients`): a third of the states carry two thirds of the transcendental work.
+    (`frozen_coefficients`): two thirds of the states, and of the transcendental work.
+    A PyTree whose `rows` (state indices) are static.
     """
 
-    rows: tuple  # state indices (static)
-    coefs: tuple  # e, e2, q1, f1, f2, f3, g2, g3 of those rows (see `_coefficients`)
+    def __init__(self, rows: tuple, coefs: tuple):
+        self.rows = tuple(int(r) for r in rows)
+        self.coefs = tuple(coefs)  # e, e2, q1, f1, f2, f3, g2, g3 of those rows (see `_coefficients`)
+
+    def tree_flatten(self):
+        return self.coefs, self.rows
+
+    @classmethod
+    def tree_unflatten(cls, rows, coefs):
+        return cls(rows, coefs)
 
 
 def _coefficients(z):
