@@ -74,11 +74,15 @@ def main(argv=None) -> int:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(r) + "\n")
-    print(f"\n| N | compile (s) | simulate (s) | patients/s | peak RSS (MB) | parts |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nload average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"\n| N | compile (s) | simulate (s) | wall (s) | patients/s | per patient (ms) | peak RSS (MB) | parts |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['n']:,} | {r['compile_s']:.1f} | {r['simulate_s']:.1f} | {r['patients_per_s']:,.0f} | "
-              f"{r['peak_rss_mb']:,.0f} | {r['parts']} |")
+        print(f"| {r['n']:,} | {r['compile_s']:.1f} | {r['simulate_s']:.1f} | {r['process_s']:.1f} | "
+              f"{r['patients_per_s']:,.0f} | {1e3 / r['patients_per_s']:.3f} | {r['peak_rss_mb']:,.0f} | {r['parts']} |")
+    for a, b in zip(results[:-1], results[1:]):
+        print(f"RATIO cost per patient at N={b['n']:,} / at N={a['n']:,}: "
+              f"{a['patients_per_s'] / b['patients_per_s']:.2f} (at most 1 when the cost does not rise with N)")
     if len(results) > 1:
         small, large = results[0], results[-1]
         print(f"\nmemory growth: peak RSS at N={large['n']:,} / at N={small['n']:,} = "

@@ -1,6 +1,6 @@
 """Benchmark: vpop cohorts against the peers, in one run, on this machine.
 
-Times vpop's default engine (ETDRK4, 12 steps per 6-h assessment, float32,
+Times vpop's default engine (ETDRK4, 3 steps per 6-h assessment charted hourly, float32,
 grading and ASCO management included) at several cohort sizes, each in its own
 process so peak memory is its own, and in the same run:
 
@@ -10,7 +10,12 @@ process so peak memory is its own, and in the same run:
       on the same right-hand side and output grid;
   (c) grade agreement: maximum CRS and ICANS grades (every scale) of the
       default engine against a float64 reference with 96 steps per interval
-      (validated against scipy Radau at rtol 1e-8 in tests/test_solver_reference.py).
+      (validated against scipy Radau at rtol 1e-8 in tests/test_solver_reference.py);
+  (d) biomarker accuracy of vpop's solver at 3-24 steps and of diffrax on the
+      untreated course, and vpop's speed at the step count as accurate as
+      diffrax (speed at equal accuracy).
+
+The ratio lines (RATIO ...) come last.
 
 Ratios are what to read: the machine is shared and noisy.
 
@@ -122,11 +127,63 @@ def worker_agreement(n: int) -> dict:
     return {"n": n, "astct_same_max_grades": float(astct), "all_scales_same_max_grades": float(every)}
 
 
-WORKERS = {"vpop": worker_vpop, "scipy": worker_scipy, "diffrax": worker_diffrax, "agreement": worker_agreement}
+ACCURACY_STATES = ("il6", "crp", "ferritin", "car_effector", "leak", "glia")
 
 
-def _spawn(kind: str, n: int) -> dict:
-    extra = [] if SUBSTEPS is None else ["--substeps", str(SUBSTEPS)]
+def worker_accuracy(n: int) -> dict:
+    """Biomarker accuracy on the untreated course (the peers' problem): vpop's solver at several step counts
+    and diffrax Tsit5 + PID, both float32, against a float64 reference (ETDRK4, 96 steps per 6 h).
+
+    For each state, the largest relative error over the 6-h grid where the reference is above 1e-3 of
+    its peak, as the 99th percentile over patients."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffrax_baseline import tsit5_pid
+    from vpop.model import equations as model
+    from vpop.observation import readouts
+    from vpop.solver.etdrk import integrate_interval
+
+    rows = 113
+
+    def grid(p, substeps):
+        def interval(y, k):
+            t = k * 0.25
+            y, _, _ = integrate_interval(model.production_loss, readouts.interval_signs, t, t + 0.25, y, p,
+                                         substeps, 0.1, 0.05, 6)
+            return y, y
+        y0 = model.initial_state(p)
+        return jnp.concatenate([y0[None], jax.lax.scan(interval, y0, jnp.arange(rows - 1))[1]])  # (rows, states, N)
+
+    with jax.enable_x64(True):
+        p64 = _sample(n, jnp.float64)
+        ref = np.asarray(jax.jit(grid, static_argnums=1)(p64, 96))
+    p32 = _sample(n, jnp.float32)
+
+    def errors(ys):  # ys (rows, states, N)
+        out = {}
+        for name in ACCURACY_STATES:
+            i = model.IDX[name]
+            r, g = ref[:, i, :], ys[:, i, :].astype(np.float64)
+            live = r > 1e-3 * r.max(axis=0, keepdims=True)
+            rel = np.where(live, np.abs(g - r) / np.where(live, r, 1.0), 0.0).max(axis=0)
+            out[name] = float(np.percentile(rel, 99))
+        return out
+
+    result = {"n": n, "vpop": {}}
+    for substeps in (3, 6, 12, 24):
+        result["vpop"][substeps] = errors(np.asarray(jax.jit(grid, static_argnums=1)(p32, substeps)))
+    ys, _ = tsit5_pid()(p32)
+    result["diffrax"] = errors(np.moveaxis(np.asarray(ys), 0, -1))  # (N, rows, states) -> (rows, states, N)
+    return result
+
+
+WORKERS = {"vpop": worker_vpop, "accuracy": worker_accuracy, "scipy": worker_scipy, "diffrax": worker_diffrax, "agreement": worker_agreement}
+
+
+def _spawn(kind: str, n: int, substeps: int | None = None) -> dict:
+    substeps = SUBSTEPS if substeps is None else substeps
+    extra = [] if substeps is None else ["--substeps", str(substeps)]
     out = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n), *extra],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -138,6 +195,9 @@ def main(argv=None) -> None:
     ap.add_argument("--scipy-n", type=int, default=20)
     ap.add_argument("--diffrax-sizes", default="1000,10000")
     ap.add_argument("--agreement-n", type=int, default=10000)
+    ap.add_argument("--accuracy-n", type=int, default=200, help="patients for the biomarker-accuracy comparison")
+    ap.add_argument("--equal-accuracy-n", type=int, default=20000,
+                    help="cohort timed at the step count as accurate as diffrax on the biomarkers (0: skip)")
     ap.add_argument("--substeps", type=int, default=None, help="steps per assessment interval (default: the config's)")
     ap.add_argument("--compare-ref", default=None,
                     help="also time an earlier commit's engine side by side at the largest size "
@@ -154,8 +214,12 @@ def main(argv=None) -> None:
 
     import jax
 
+    import diffrax
+    import scipy
+
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"python {platform.python_version()}, jax {jax.__version__}", flush=True)
+          f"python {platform.python_version()}, jax {jax.__version__}, diffrax {diffrax.__version__}, "
+          f"scipy {scipy.__version__}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     vp = {int(n): _spawn("vpop", int(n)) for n in args.sizes.split(",")}
     for n, r in vp.items():
         print(f"vpop      n={n:>7}: compile {r['compile_s']:.1f} s, run {r['run_s']:.1f} s "
@@ -165,18 +229,47 @@ def main(argv=None) -> None:
     best = max(vp.values(), key=lambda r: r["patients_per_s"])
     vpop_pp = 1.0 / best["patients_per_s"]
     sc = _spawn("scipy", args.scipy_n)
-    print(f"scipy LSODA (per patient, median of {sc['n']}): {sc['per_patient_s'] * 1e3:.1f} ms "
-          f"-> vpop is {sc['per_patient_s'] / vpop_pp:.0f}x faster per patient", flush=True)
+    print(f"scipy LSODA (per patient, median of {sc['n']}): {sc['per_patient_s'] * 1e3:.1f} ms", flush=True)
+    diffrax_runs = []
     for n in args.diffrax_sizes.split(","):
         d = _spawn("diffrax", int(n))
-        v = vp.get(int(n)) or best
-        ratio = d["per_patient_s"] * v["patients_per_s"]
+        diffrax_runs.append(d)
         print(f"diffrax Tsit5+PID n={d['n']:>6}: compile {d['compile_s']:.1f} s, run {d['run_s']:.1f} s "
-              f"({1e3 * d['per_patient_s']:.3f} ms/patient, median {d['median_steps']:.0f} steps) "
-              f"-> vpop is {ratio:.1f}x faster", flush=True)
+              f"({1e3 * d['per_patient_s']:.3f} ms/patient, median {d['median_steps']:.0f} steps)", flush=True)
     ag = _spawn("agreement", args.agreement_n)
     print(f"grade agreement vs float64 reference (n={ag['n']}): ASTCT {100 * ag['astct_same_max_grades']:.2f}%, "
           f"every scale {100 * ag['all_scales_same_max_grades']:.2f}%", flush=True)
+    acc = _spawn("accuracy", args.accuracy_n)
+    names = list(acc["diffrax"])
+    print(f"biomarker accuracy, untreated, n={acc['n']}: 99th percentile over patients of the largest relative "
+          f"error on the 6-h grid (float64 reference)", flush=True)
+    print("  " + f"{'':>14}" + "".join(f"{n:>13}" for n in names))
+    for label, errs in [*((f"vpop {k} steps", v) for k, v in acc["vpop"].items()), ("diffrax Tsit5", acc["diffrax"])]:
+        print("  " + f"{label:>14}" + "".join(f"{errs[n]:>13.2e}" for n in names))
+    # Equal accuracy: the fewest steps at least as accurate as Tsit5 on the quantities the grades read
+    # (IL-6, CRP, leak, glia); float32 rounding keeps ferritin and CAR-T near 1e-5 at any step count.
+    graded = ("il6", "crp", "leak", "glia")
+    equal = next((int(k) for k, v in acc["vpop"].items() if all(v[n] <= acc["diffrax"][n] for n in graded)), None)
+    eq = None
+    if equal is not None and args.equal_accuracy_n:
+        eq = _spawn("vpop", args.equal_accuracy_n, substeps=equal)
+        print(f"vpop at {equal} steps per 6 h (as accurate as Tsit5 on {', '.join(graded)}), n={eq['n']}: "
+              f"{1e3 / eq['patients_per_s']:.3f} ms/patient", flush=True)
+    # Ratio lines last.
+    d_best = min(diffrax_runs, key=lambda d: d["per_patient_s"])
+    print(f"RATIO vpop (default, n={best['n']}) vs scipy LSODA: {sc['per_patient_s'] / vpop_pp:.0f}x faster per patient")
+    for d in diffrax_runs:
+        v = vp.get(d["n"]) or best
+        print(f"RATIO vpop (default, n={v['n']}) vs diffrax Tsit5+PID (n={d['n']}): "
+              f"{d['per_patient_s'] * v['patients_per_s']:.1f}x faster per patient")
+    print(f"RATIO vpop at scale (n={best['n']}) vs diffrax's best (n={d_best['n']}): "
+          f"{d_best['per_patient_s'] / vpop_pp:.1f}x, at {100 * ag['all_scales_same_max_grades']:.2f}% grade agreement "
+          f"(every scale, n={ag['n']})")
+    if eq is not None:
+        print(f"RATIO at equal biomarker accuracy ({equal} steps, n={eq['n']}) vs diffrax's best: "
+              f"{d_best['per_patient_s'] * eq['patients_per_s']:.1f}x; vs scipy LSODA: "
+              f"{sc['per_patient_s'] * eq['patients_per_s']:.0f}x")
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if args.compare_ref:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_side_by_side

@@ -125,24 +125,26 @@ def test_frozen_coefficients_change_nothing(patients):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
 
 
-def test_hourly_chart_from_two_hour_steps_matches_hourly_steps(patients):
-    """Three 2-h steps charted hourly from the continuous extension give the worst signs of six 1-h steps'
-    hourly charts (catches charting only at step ends, which misses peaks between them)."""
-    p, _ = patients
+def test_hourly_chart_from_two_hour_steps_reads_between_steps():
+    """Three 2-h steps charted hourly read the signs at 1, 3 and 5 h from the continuous extension: a sign
+    that peaks at 1 h is charted at its peak, as six 1-h steps chart it (charting only at step ends, every
+    2 h, would miss the peak)."""
     with jax.enable_x64(True):
-        def interval(y, k):  # from the same state, 24 steps and 3 steps charted hourly
-            t = k * 0.25
-            y_f, w_f, _ = etdrk.integrate_interval(BASE.production_loss, readouts.interval_signs, t, t + 0.25, y, p,
-                                                   24, 0.1, 0.05, 6)
-            _, w_d, _ = etdrk.integrate_interval(BASE.production_loss, readouts.interval_signs, t, t + 0.25, y, p,
-                                                 3, 0.1, 0.05, 6)
-            return y_f, (jnp.stack(w_f), jnp.stack(w_d))
+        y0 = jnp.asarray(np.linspace(0.5, 3.0, len(LOSS))[:, None])
+        hour = 1.0 / 24.0
+        crossing = float(_exact(0.0, hour, np.asarray(y0))[3])  # row 3 (L = 4/day) passes here at 1 h
 
-        y0 = BASE.initial_state(BASE.with_defaults(p))
-        _, (fine, dense) = jax.jit(lambda y: jax.lax.scan(interval, y, jnp.arange(16.0)))(y0)  # days 0-4
-        fine, dense = np.asarray(fine), np.asarray(dense)
-        scale = np.abs(fine).max(axis=(0, 2), keepdims=True) + 1e-12
-        assert np.max(np.abs(dense - fine) / scale) < 2e-3
+        def observe(t, y, p):  # peaks (at 0) when row 3 passes `crossing`, i.e. at 1 h
+            return (-((y[3] - crossing) ** 2),)
+
+        def worst(substeps, marks):
+            _, (w,), _ = etdrk.integrate_interval(_quadratic_forcing, observe, 0.0, 0.25, y0, {}, substeps, 0.1, 0.05,
+                                                  marks)
+            return float(w[0])
+
+        hourly_steps, dense, step_ends = worst(6, 6), worst(3, 6), worst(3, 3)
+        assert abs(hourly_steps) < 1e-20 and abs(dense) < 1e-20  # both chart 1 h, where the sign peaks
+        assert step_ends < -1e-6  # the 2-h chart misses it
 
 
 def test_dense_charting_needs_a_divisor_of_the_marks():
