@@ -189,8 +189,10 @@ def _run(args: argparse.Namespace) -> int:
     write_fitted_config(out / "fitted.yaml", config, fit)
     if problem is not None:
         diagnostics.shrinkage(fit.samples, problem.free).to_csv(out / "shrinkage.csv", index=False)
-        pred = prediction_table(problem, fit, options=options, n_sims=args.npde_sims, seed=args.seed)
+        pred, sims = prediction_table(problem, fit, options=options, n_sims=args.npde_sims, seed=args.seed,
+                                      return_sims=True)
         pred.to_csv(out / "predictions.csv", index=False)
+        diagnostics.vpc_table(problem, sims).to_csv(out / "vpc.csv", index=False)
         try:
             diag["loo"] = diagnostics.loo(problem, fit.samples, options=options)
             diagnostics.write_json(out / "loo.json", diag["loo"])
@@ -243,7 +245,8 @@ def write_fitted_config(path: Path, config, fit) -> None:
     path.write_text(head + yaml.safe_dump(doc, sort_keys=False))
 
 
-def prediction_table(problem, fit, n_draws: int = 50, seed: int = 0, options=None, n_sims: int = 100):
+def prediction_table(problem, fit, n_draws: int = 50, seed: int = 0, options=None, n_sims: int = 100,
+                     return_sims: bool = False):
     """Observed values with the individual predictions (posterior median, 90 % band, ipred at the median
     parameters), the population prediction (typical values, random effects 0), NPDE and IWRES
     (`vpop.fitting.diagnostics` describes the columns)."""
@@ -305,4 +308,5 @@ def prediction_table(problem, fit, n_draws: int = 50, seed: int = 0, options=Non
                          "ipred": float(np.exp(ipred[i, j])), "pop_pred": float(np.exp(pop[i, j])),
                          "npde": float(npde[i, j]),
                          "iwres": float("nan") if problem.obs_cens[i, j] else float((y - ipred[i, j]) / sig[a[i, j]])})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return (table, np.asarray(sims)) if return_sims else table

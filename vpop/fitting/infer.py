@@ -131,6 +131,13 @@ def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: floa
     """
     if guide not in GUIDES:
         raise ValueError(f"guide {guide!r}: use one of {', '.join(GUIDES)}")
+    from vpop.fitting.laplace import fast_path
+
+    if guide == "mvn" and not ignore_censoring and fast_path(problem, cohort, options):
+        from vpop.fitting.svi_fullrank import run_fullrank
+
+        return run_fullrank(problem, steps=steps, lr=lr, draws=draws, seed=seed, progress=progress,
+                            parameterisation=parameterisation)
     model, args, kwargs = model_and_args(problem, cohort, ignore_censoring, parameterisation, options)
     init = init_to_value(values=init_values(problem, cohort, options))
     if guide == "normal":
@@ -158,18 +165,24 @@ def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: floa
     samples = {k: np.asarray(v)[None] for k, v in samples.items() if keep_sites(k)}
     free = problem.free if problem is not None else cohort.free
     diag = {"method": "svi", "guide": guide, "steps": steps, "final_loss": float(np.mean(losses[-50:])),
-            "finite": bool(np.all(np.isfinite(losses[-50:]))), "warnings": []}
-    if not diag["finite"]:
-        diag["warnings"].append("SVI loss is not finite at the end of the run: the fit failed (try a smaller --lr)")
+            "finite": bool(np.all(np.isfinite(losses[-50:]))), "warnings": svi_warnings(losses, steps, guide)}
+    out = FitResult("svi", free, samples, seconds, diag, losses)
+    out.idata = to_inferencedata(out, problem)
+    return out
+
+
+def svi_warnings(losses, steps: int, guide: str) -> list[str]:
+    """Warnings of an SVI run from its loss trace: not finite, still falling, mean-field guide."""
+    out = []
+    if not np.all(np.isfinite(losses[-50:])):
+        out.append("SVI loss is not finite at the end of the run: the fit failed (try a smaller --lr)")
     tail = losses[-max(10, steps // 10):]
     head = losses[-2 * max(10, steps // 10):-max(10, steps // 10)]
     if len(head) and np.isfinite(tail).all() and np.mean(head) - np.mean(tail) > 0.01 * abs(np.mean(tail)) + 1.0:
-        diag["warnings"].append("SVI loss still falling over the last 10% of steps: increase --steps")
+        out.append("SVI loss still falling over the last 10% of steps: increase --steps")
     if guide == "normal":
-        diag["warnings"].append("mean-field guide (AutoNormal): intervals are too narrow (docs/fitting.md); use "
-                                "--guide mvn, --method laplace or --method nuts for uncertainty")
-    out = FitResult("svi", free, samples, seconds, diag, losses)
-    out.idata = to_inferencedata(out, problem)
+        out.append("mean-field guide (AutoNormal): intervals are too narrow (docs/fitting.md); use "
+                   "--guide mvn, --method laplace or --method nuts for uncertainty")
     return out
 
 

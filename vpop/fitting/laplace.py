@@ -2,7 +2,7 @@
 
 The mode x* of the posterior in NumPyro's unconstrained space (log omega, log
 sigma, z, ...; the Jacobians of the transforms included) is found with L-BFGS
-(optax, zoom line search) from the prior centre. The posterior is then
+(scipy, on one jitted value-and-gradient shared with the Hessian) from the prior centre. The posterior is then
 approximated by Normal(x*, H^-1), H the Hessian of the negative log posterior
 at x*. Standard errors and correlations of the typical values are read from
 H^-1; draws from the Normal, mapped back to the model's scale, make the same
@@ -33,64 +33,73 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from jax.scipy.stats import norm
+
+from vpop.errors import UserError
 
 from vpop.fitting.infer import FitResult, init_values, keep_sites, model_and_args, to_inferencedata
+from vpop.fitting.statistical_model import derived_sites
 from vpop.fitting.unconstrained import Unconstrained
 
 PATIENT_SITES = ("z", "eta")
 
 
-def find_map(u: Unconstrained, max_iter: int = 2000, tol: float = 1e-9, progress: bool = False, x0=None):
-    """(x*, losses, info) minimising u.potential with L-BFGS."""
-    f = u.potential
-    opt = optax.lbfgs()
-    vg = optax.value_and_grad_from_state(f)
+def value_and_grad(f):
+    """jit(value_and_grad(f)) with f(x, *args): one compilation serves the mode search, the Hessian and the
+    evidence of a fit (args are traced, so refreezing the correction does not recompile)."""
+    return jax.jit(jax.value_and_grad(f))
 
-    @jax.jit
-    def step(x, state):
-        value, grad = vg(x, state=state)
-        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
-        return optax.apply_updates(x, updates), state, value, grad
 
-    x = jnp.asarray(u.x0 if x0 is None else x0)
-    state = opt.init(x)
-    losses, calm = [], 0
+def find_map(u: Unconstrained, max_iter: int = 2000, tol: float = 1e-9, progress: bool = False, x0=None, f=None,
+             args=(), vg=None):
+    """(x*, losses, info) minimising f(x, *args) (default u.potential) with L-BFGS (scipy, on a jitted value
+    and gradient)."""
+    from scipy.optimize import minimize
+
+    if vg is None:
+        vg = value_and_grad((lambda y: u.potential(y)) if f is None else f)
+    x = np.asarray(u.x0 if x0 is None else x0, dtype=np.float64)
+    losses = []
     t0 = time.perf_counter()
-    gnorm = float("nan")
-    for it in range(max_iter):
-        x_new, state, value, grad = step(x, state)
-        value = float(value)
-        gnorm = float(jnp.max(jnp.abs(grad)))
-        losses.append(value)
-        if not math.isfinite(value):
-            break
-        x = x_new
-        if len(losses) > 1 and abs(losses[-2] - value) <= tol * (1.0 + abs(value)):
-            calm += 1
-        else:
-            calm = 0
-        if gnorm < 1e-5 or calm >= 5:
-            break
-        if progress and it % 50 == 0:
-            print(f"MAP: iteration {it}, -log posterior {value:.4f}, max |gradient| {gnorm:.3g}, "
+
+    def fun(y):
+        v, g = vg(jnp.asarray(y), *args)
+        v = float(v)
+        return (v, np.asarray(g, dtype=np.float64)) if math.isfinite(v) else (np.inf, np.zeros_like(y))
+
+    def callback(intermediate_result):
+        losses.append(float(intermediate_result.fun))
+        if progress and len(losses) % 50 == 0:
+            print(f"MAP: iteration {len(losses)}, -log posterior {losses[-1]:.4f}, "
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    final = float(jax.block_until_ready(f(x)))
-    info = {"iterations": len(losses), "max_abs_gradient": gnorm, "neg_log_posterior": final,
-            "converged": bool(math.isfinite(final) and (gnorm < 1e-3 or calm >= 5))}
-    return x, np.asarray(losses), info
+
+    res = minimize(fun, x, jac=True, method="L-BFGS-B", callback=callback,
+                   options={"maxiter": max_iter, "maxcor": 20, "ftol": tol, "gtol": 1e-6})
+    final, grad = fun(res.x)
+    gnorm = float(np.max(np.abs(grad)))
+    info = {"iterations": int(res.nit), "max_abs_gradient": gnorm, "neg_log_posterior": float(final),
+            "converged": bool(math.isfinite(final) and (res.success or gnorm < 1e-3))}
+    return jnp.asarray(res.x), np.asarray(losses), info
 
 
-def hessian(u: Unconstrained, x, h: float = 1e-4, n_patients: int | None = None, dense: bool = False) -> np.ndarray:
-    """Hessian of u.potential at x by central differences of the gradient (module docstring)."""
-    g = jax.jit(jax.vmap(lambda e: (jax.grad(u.potential)(x + h * e) - jax.grad(u.potential)(x - h * e)) / (2 * h)))
+def hessian(u: Unconstrained, x, h: float = 1e-4, n_patients: int | None = None, dense: bool = False,
+            f=None, args=(), vg=None) -> np.ndarray:
+    """Hessian of `f` (default u.potential) at x by central differences of the gradient (module docstring).
+
+    The patient colouring needs `f` to couple patients only through the population coordinates
+    (true of the posterior and of the random-effect correction, which depends on those alone)."""
+    vg = vg or value_and_grad((lambda y: u.potential(y)) if f is None else f)
+
+    def g(dirs):  # (k, D) directions -> (k, D) directional derivatives of the gradient
+        return np.stack([(np.asarray(vg(x + h * e, *args)[1]) - np.asarray(vg(x - h * e, *args)[1])) / (2 * h)
+                         for e in jnp.asarray(dirs)])
+
     D = u.dim
     sl = u.slices()
     patient = [k for k in PATIENT_SITES if k in sl]
     if dense or not patient or n_patients is None:
         eye = np.eye(D)
-        cols = [np.asarray(g(jnp.asarray(eye[i:i + 16]))) for i in range(0, D, 16)]
-        H = np.concatenate(cols, axis=0)
+        H = g(eye)
         return 0.5 * (H + H.T)
     site = sl[patient[0]]
     idx = np.arange(D)
@@ -101,7 +110,7 @@ def hessian(u: Unconstrained, x, h: float = 1e-4, n_patients: int | None = None,
     dirs[np.arange(len(pop)), pop] = 1.0
     for f in range(F):
         dirs[len(pop) + f, pidx[:, f]] = 1.0
-    rows = np.concatenate([np.asarray(g(jnp.asarray(dirs[i:i + 16]))) for i in range(0, len(dirs), 16)], axis=0)
+    rows = g(dirs)
     H = np.zeros((D, D))
     H[pop, :] = rows[:len(pop)]  # population rows (and by symmetry columns)
     H[:, pop] = rows[:len(pop)].T
@@ -112,15 +121,193 @@ def hessian(u: Unconstrained, x, h: float = 1e-4, n_patients: int | None = None,
     return 0.5 * (H + H.T)
 
 
+RANDOM_EFFECTS = ("integrated", "joint")
+
+
+def log_factors_of(problem, sites, covariate_x=None):
+    from vpop.fitting.statistical_model import individual_log_factors
+
+    return individual_log_factors(problem, sites["log_theta"], sites["omega"], sites.get("z"), sites.get("L_corr"),
+                                  sites.get("cov_beta"), covariate_x, eta=sites.get("eta"))
+
+
+def frozen_information(problem, sites, covariate_x=None):
+    """(J, data weights, log predictions) of the correction, at the sites' values (`correction_value`).
+
+    J (n, m, F) = d log pred / d log factor from one JVP per free parameter, all patients at once; the data
+    weight of an observation is 1 when quantified and lambda (lambda + u) when censored (the curvature of the
+    M3 term log Phi(u)), times pred^2 for the combined error (its Jacobian is on the natural scale)."""
+    from vpop.fitting.model import predictions
+
+    lf = log_factors_of(problem, sites, covariate_x)
+
+    def at_obs(v):
+        return predictions(problem, v)[0]
+
+    eye = jnp.eye(lf.shape[-1], dtype=lf.dtype)
+    mu, J = jax.vmap(lambda e: jax.jvp(at_obs, (lf,), (jnp.broadcast_to(e, lf.shape),)), out_axes=(None, -1))(eye)
+    a = jnp.asarray(problem.obs_analyte)
+    y = jnp.asarray(problem.obs_logv)
+    mask, cens = jnp.asarray(problem.obs_mask), jnp.asarray(problem.obs_cens)
+    if "sigma_add" in sites:
+        pred = jnp.exp(mu)
+        sd = jnp.sqrt(sites["sigma_add"][a] ** 2 + (sites["sigma"][a] * pred) ** 2)
+        u, scale = (jnp.exp(y) - pred) / sd, pred
+    else:
+        u, scale = (y - mu) / sites["sigma"][a], jnp.ones_like(mu)
+    lam = jnp.exp(norm.logpdf(u) - norm.logcdf(u))
+    c = jnp.where(cens, lam * (lam + u), 1.0) * mask * scale ** 2
+    return J, c, jnp.where(mask, mu, 0.0)
+
+
+def correction_value(problem, sites, frozen, centred: bool):
+    """0.5 sum_i log det(I + A' G_i A): the patients' random effects integrated out by Laplace.
+
+    G_i = sum_j w_ij J_ij J_ij' is patient i's information about its log factors, A = d log factor_i / d z_i
+    = diag(omega) L. J and the data part of w are frozen (`frozen_information`); the term stays differentiable
+    in omega, L and the residual SDs (w = c / sigma^2), which is what moves the variance components away from
+    the joint mode. Grades and cohort tables are not in G (little information about one patient's factors).
+    In the centred form the eta prior's normaliser, log |det A| per patient, is already in the potential.
+    """
+    J, c, mu = frozen
+    a = jnp.asarray(problem.obs_analyte)
+    if "sigma_add" in sites:
+        var = sites["sigma_add"][a] ** 2 + (sites["sigma"][a] * jnp.exp(mu)) ** 2
+    else:
+        var = sites["sigma"][a] ** 2
+    G = jnp.einsum("nm,nmf,nmg->nfg", c / var, J, J)
+    F = J.shape[-1]
+    A = jnp.diag(sites["omega"]) if sites.get("L_corr") is None else sites["omega"][:, None] * sites["L_corr"]
+    M = jnp.eye(F) + jnp.einsum("fg,nfh,hk->ngk", A, G, A)
+    out = 0.5 * jnp.sum(jnp.linalg.slogdet(M)[1])
+    if centred:
+        out = out - jnp.shape(J)[0] * jnp.linalg.slogdet(A)[1]
+    return out
+
+
+_frozen_traced = jax.jit(frozen_information)  # the problem as an argument (`vpop.fitting.traced`)
+POSITIVE_SITES = ("omega", "sigma")  # HalfNormal: exp from the unconstrained space
+
+
+def _fast_sites(problem, params):
+    return {k: jnp.exp(v) if k in POSITIVE_SITES else v for k, v in params.items()}
+
+
+def _fast_correction(problem, params, frozen, centred):
+    return correction_value(problem, _fast_sites(problem, params), frozen, centred)
+
+
+class Space:
+    """The flat unconstrained vector: start, dimension and the slice of each site."""
+
+    def __init__(self, x0, layout):
+        self.x0, self.layout = jnp.asarray(x0), layout
+
+    @property
+    def dim(self) -> int:
+        return int(self.x0.shape[0])
+
+    def slices(self) -> dict:
+        out, i = {}, 0
+        for k, shape in self.layout.spec:
+            size = int(np.prod(shape)) if shape else 1
+            out[k] = slice(i, i + size)
+            i += size
+        return out
+
+
+def fast_path(problem, cohort, options) -> bool:
+    """The default model on time courses without grades: its posterior compiles once per design (`vpop.fitting.traced`)."""
+    return (problem is not None and cohort is None and not problem.grades
+            and (options is None or (options.omega == "diag" and not options.covariate_names and options.error == "log")))
+
+
+def integrated_map(space, vg, freeze, rounds: int = 6, tol: float = 1e-3, progress: bool = False,
+                   max_iter: int = 2000):
+    """Mode of potential + correction, re-freezing the correction at each new mode until the population
+    coordinates move less than `tol` (a fixed point; FOCE-like). `vg(x, frozen)`: value and gradient;
+    `freeze(x)`: the frozen information at x. Returns (x, frozen, losses, info)."""
+    x = jnp.asarray(space.x0)
+    losses, info, moved = [], {}, float("nan")
+    pop = np.ones(space.dim, bool)
+    sl = space.slices()
+    for k in PATIENT_SITES:
+        if k in sl:
+            pop[sl[k]] = False
+    for r in range(rounds):
+        frozen = freeze(x)
+        x_new, ls, info = find_map(space, max_iter=max_iter, progress=progress, x0=x, args=(frozen,), vg=vg)
+        losses.extend(ls.tolist())
+        moved = float(np.max(np.abs(np.asarray(x_new)[pop] - np.asarray(x)[pop])))
+        x = x_new
+        info["rounds"] = r + 1
+        if moved < tol and r > 0:
+            break
+    info["fixed_point_change"] = moved
+    return x, freeze(x), np.asarray(losses), info
+
+
 def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress: bool = False,
                 parameterisation: str = "noncentred", options=None, max_iter: int = 2000,
-                dense_hessian: bool = False) -> FitResult:
-    """MAP + Laplace (module docstring); the draws make a FitResult like SVI and NUTS."""
-    model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
-    u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)
+                dense_hessian: bool = False, random_effects: str = "integrated") -> FitResult:
+    """MAP + Laplace (module docstring); the draws make a FitResult like SVI and NUTS.
+
+    `random_effects="integrated"` (default) integrates the patients' random effects out by Laplace before the
+    population parameters are approximated (`correction_value`); "joint" takes the mode and Hessian of the
+    joint posterior of everything (kept to show why not: in the non-centred form its omegas are biased
+    upwards, as the joint density lacks the -n log omega the integral over the random effects brings, and the
+    typical values' intervals widen with them; docs/fitting.md).
+    """
+    from vpop.fitting import traced as tr
+
+    if random_effects not in RANDOM_EFFECTS:
+        raise UserError(f"random_effects {random_effects!r}: use one of {', '.join(RANDOM_EFFECTS)}")
     t0 = time.perf_counter()
-    x, losses, info = find_map(u, max_iter=max_iter, progress=progress)
-    H = hessian(u, x, n_patients=problem.n if problem is not None else None, dense=dense_hessian)
+    integrate = random_effects == "integrated" and problem is not None
+    centred = parameterisation == "centred"
+    cov_x = None if options is None else options.covariate_x
+    if fast_path(problem, cohort, options):
+        from numpyro.distributions import biject_to, constraints
+
+        tp = tr.traced(problem)
+        init = init_values(problem, None, options)
+        latent = ["log_theta", "omega", "sigma", "eta" if centred else "z"]
+        layout = tr.Layout({k: init[k] for k in latent})
+        pos = biject_to(constraints.positive)
+        x0 = jnp.concatenate([jnp.ravel(pos.inv(init[k]) if k in POSITIVE_SITES else init[k]) for k, _ in layout.spec])
+        space = Space(x0, layout)
+        corr_fn = _fast_correction if integrate else None
+
+        def vg(x, *a):
+            return tr.value_and_grad(x, tp, a[0] if a else None, layout, parameterisation, corr_fn)
+
+        def freeze(x):
+            return _frozen_traced(tp, _fast_sites(tp, layout.unravel(jnp.asarray(x))))
+
+        def constrain(xs):
+            return derived_sites(jax.vmap(lambda v: _fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)))
+    else:
+        model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
+        u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)
+        space = u
+
+        def sites_of(x):
+            return u.constrain_tree(u.unravel(x))
+
+        def f(y, *a):
+            out = u.potential(y)
+            return out + correction_value(problem, sites_of(y), a[0], centred) if a else out
+
+        vg = value_and_grad(f)
+        freeze = jax.jit(lambda x: frozen_information(problem, sites_of(x), cov_x))
+        constrain = u.constrain
+    if integrate:
+        x, frozen, losses, info = integrated_map(space, vg, freeze, max_iter=max_iter, progress=progress)
+        args = (frozen,)
+    else:
+        args = ()
+        x, losses, info = find_map(space, max_iter=max_iter, progress=progress, vg=vg)
+    H = hessian(space, x, n_patients=problem.n if problem is not None else None, dense=dense_hessian, args=args, vg=vg)
     warnings = []
     eig, vec = np.linalg.eigh(H)
     if not info["converged"]:
@@ -132,20 +319,25 @@ def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress
         eig = np.maximum(eig, 1e-8 * max(eig.max(), 1.0))
     cov = (vec / eig) @ vec.T
     rng = np.random.default_rng(seed + 1)
-    xs = np.asarray(x)[None] + (rng.standard_normal((draws, u.dim)) / np.sqrt(eig)) @ vec.T
-    samples = {k: np.asarray(v)[None] for k, v in u.constrain(xs).items() if keep_sites(k)}
+    xs = np.asarray(x)[None] + (rng.standard_normal((draws, space.dim)) / np.sqrt(eig)) @ vec.T
+    samples = {k: np.asarray(v)[None] for k, v in constrain(xs).items() if keep_sites(k)}
     seconds = time.perf_counter() - t0
     free = problem.free if problem is not None else cohort.free
-    lt = u.slices()["log_theta"]
+    sl = space.slices()
+    lt = sl["log_theta"]
     cov_lt = cov[lt, lt]
     se = np.sqrt(np.diag(cov_lt))
-    corr = cov_lt / se[:, None] / se[None, :]
-    log_evidence = -info["neg_log_posterior"] + 0.5 * u.dim * math.log(2 * math.pi) - 0.5 * float(np.sum(np.log(eig)))
-    diag = {"method": "laplace", **info, "dimension": u.dim, "hessian_min_eigenvalue": float(np.linalg.eigvalsh(H).min()),
+    corr_lt = cov_lt / se[:, None] / se[None, :]
+    log_evidence = -float(vg(x, *args)[0]) + 0.5 * space.dim * math.log(2 * math.pi) - 0.5 * float(np.sum(np.log(eig)))
+    if integrate:  # the random effects' own Gaussian factor is already in the correction: remove its double count
+        zi = np.concatenate([np.arange(space.dim)[sl[k]] for k in PATIENT_SITES if k in sl])
+        log_evidence += 0.5 * float(np.linalg.slogdet(H[np.ix_(zi, zi)])[1])
+    diag = {"method": "laplace", "random_effects": "integrated" if integrate else "joint", **info,
+            "dimension": space.dim, "hessian_min_eigenvalue": float(eig.min()),
             "log_evidence_laplace": log_evidence,
             "map": {name: float(np.exp(np.asarray(x)[lt][j])) for j, name in enumerate(free)},
             "se_log": {name: float(se[j]) for j, name in enumerate(free)},
-            "correlation": {a: {b: float(corr[i, j]) for j, b in enumerate(free)} for i, a in enumerate(free)},
+            "correlation": {a: {b: float(corr_lt[i, j]) for j, b in enumerate(free)} for i, a in enumerate(free)},
             "warnings": warnings}
     out = FitResult("laplace", free, samples, seconds, diag, losses)
     out.idata = to_inferencedata(out, problem)

@@ -266,6 +266,9 @@ def shared_as_scalars(base: dict) -> dict:
     """
     out = {}
     for k, v in base.items():
+        if isinstance(v, jax.core.Tracer):  # a data set passed as an argument (`vpop.fitting.traced`)
+            out[k] = v
+            continue
         v = np.asarray(v)
         if k != "tumor_burden" and v.size and np.all(v == v.flat[0]):
             out[k] = jnp.broadcast_to(float(v.flat[0]), v.shape)  # a broadcast constant: XLA folds scalar arithmetic

@@ -21,7 +21,8 @@ from vpop.fitting.statistical_model import derived_sites
 class Unconstrained:
     def __init__(self, model, args, kwargs, init_values, seed: int = 0):
         info = initialize_model(jax.random.PRNGKey(seed), model, init_strategy=init_to_value(values=init_values),
-                                model_args=args, model_kwargs=kwargs)
+                                model_args=args, model_kwargs=kwargs,
+                                validate_grad=False)  # the estimators compile their own gradient
         self.tree0 = info.param_info.z
         self.x0, self.unravel = ravel_pytree(self.tree0)
         self._potential_tree = info.potential_fn
