@@ -40,7 +40,19 @@ scales: [astct]
 
 
 def bench_sweep(n: int, days: float) -> None:
+    import os
+
+    import jax
+
     from vpop.trials.sweep import run_sweep
+
+    compiles = []  # XLA compilations (or compilation-cache loads) during the sweep, by duration
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"
@@ -52,8 +64,12 @@ def bench_sweep(n: int, days: float) -> None:
         again = run_sweep(path, Path(tmp) / "out")
         dt2 = time.perf_counter() - t1
     print(f"sweep 5 doses x 3 policies x {n} patients x {days:g} days: {dt:.1f} s for {res.ran} cells "
-          f"({len(res.table)} rows; includes one compile); resumed run {dt2:.2f} s ({again.skipped} cells skipped)",
+          f"({len(res.table)} rows; compile included); resumed run {dt2:.2f} s ({again.skipped} cells skipped)",
           flush=True)
+    print(f"XLA compilations during the sweep: {len(compiles)}, {sum(compiles):.1f} s in all, the longest "
+          f"{max(compiles, default=0):.1f} s (the engine compiles once; each dose's population sampler once)")
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"RATIO sweep time / 30 s target: {dt / 30:.2f}")
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Sequence
 
@@ -52,6 +54,8 @@ def jnp_dtype(dtype: str):
 
 # Patients per table slice handed to the sink (the observation table of 1,024 patients is ~115k rows).
 TABLE_PATIENTS = 1024
+# Table slices handed to the sink's thread and not yet written: bounds the memory the overlap costs.
+SINK_QUEUE = 2
 
 # --- compiled pieces, cached per process -------------------------------------------------------
 
@@ -248,38 +252,57 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                     stage("simulating")
             return cov, compiled(p, event_keys, policy)
 
-        # The next batch is dispatched before this one's tables are built, so the engine
-        # runs while Python builds tables and writes them (about half of a plain run's time).
-        pending = dispatch(jobs[0][3]) if jobs and jobs[0][3] is not None else None
-        for j, (index, lo, hi, start, last) in enumerate(jobs):
-            if start is not None:
-                cov, (rows, summ) = pending
-                following = jobs[j + 1][3] if j + 1 < len(jobs) else None
-                pending = dispatch(following) if following is not None else None
-                cov = {k: np.asarray(v) for k, v in cov.items()}
-                rows = {k: np.asarray(v) for k, v in rows.items()}
-                summ = {k: np.asarray(v) for k, v in summ.items()}
-                first, stop = max(lo, start), min(hi, start + B)  # this chunk's part of the batch
-                # Tables a slice at a time: pandas and Arrow copies of a whole batch's rows would dominate memory.
-                for a in range(first, stop, TABLE_PATIENTS):
-                    b = min(a + TABLE_PATIENTS, stop)
-                    part = slice(a - start, b - start)
-                    pid = np.arange(a, b) if plan.table is None else plan.table.ids[a:b]
-                    r = {k: v[part] for k, v in rows.items()}
-                    obs = tables.observation_table(pid, r, plan.settings) if plan.record_rows else None
-                    patients = tables.patient_table(pid, {k: v[part] for k, v in cov.items()}, r,
-                                                    {k: v[part] for k, v in summ.items()}, plan.settings)
-                    summary.add(patients[summary.columns])
-                    sink.batch(index, patients, obs)
-                    del patients, obs, r
-                    done += b - a
-                    if progress is not None:
-                        progress(done, total)
-                del rows, summ, cov
-                batches += 1
-            if last:
-                sink.chunk_done(index)
-                if after_chunk is not None:
-                    after_chunk(index)
+        # The sink writes on its own thread (Parquet encoding releases the GIL), in order, at most
+        # SINK_QUEUE slices behind: writing overlaps building the next tables and the engine.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpop-sink")
+        queued: deque = deque()
+
+        def write(fn, *args):
+            queued.append(writer.submit(fn, *args))
+            while len(queued) > SINK_QUEUE:
+                queued.popleft().result()  # re-raises the sink's error here
+
+        def drain():
+            while queued:
+                queued.popleft().result()
+
+        try:
+            # The next batch is dispatched before this one's tables are built, so the engine
+            # runs while Python builds tables and writes them (about half of a plain run's time).
+            pending = dispatch(jobs[0][3]) if jobs and jobs[0][3] is not None else None
+            for j, (index, lo, hi, start, last) in enumerate(jobs):
+                if start is not None:
+                    cov, (rows, summ) = pending
+                    following = jobs[j + 1][3] if j + 1 < len(jobs) else None
+                    pending = dispatch(following) if following is not None else None
+                    cov = {k: np.asarray(v) for k, v in cov.items()}
+                    rows = {k: np.asarray(v) for k, v in rows.items()}
+                    summ = {k: np.asarray(v) for k, v in summ.items()}
+                    first, stop = max(lo, start), min(hi, start + B)  # this chunk's part of the batch
+                    # Tables a slice at a time: pandas and Arrow copies of a whole batch's rows would dominate memory.
+                    for a in range(first, stop, TABLE_PATIENTS):
+                        b = min(a + TABLE_PATIENTS, stop)
+                        part = slice(a - start, b - start)
+                        pid = np.arange(a, b) if plan.table is None else plan.table.ids[a:b]
+                        r = {k: v[part] for k, v in rows.items()}
+                        obs = tables.observation_table(pid, r, plan.settings) if plan.record_rows else None
+                        patients = tables.patient_table(pid, {k: v[part] for k, v in cov.items()}, r,
+                                                        {k: v[part] for k, v in summ.items()}, plan.settings)
+                        summary.add(patients[summary.columns])
+                        write(sink.batch, index, patients, obs)
+                        del patients, obs, r
+                        done += b - a
+                        if progress is not None:
+                            progress(done, total)
+                    del rows, summ, cov
+                    batches += 1
+                if last:
+                    write(sink.chunk_done, index)
+                    drain()  # the chunk is complete on disk before anyone is told so
+                    if after_chunk is not None:
+                        after_chunk(index)
+            drain()
+        finally:
+            writer.shutdown(wait=True)
     elapsed = time.perf_counter() - t_start
     return RunStats(compile_seconds, elapsed - compile_seconds, summary, batches)
