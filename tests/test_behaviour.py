@@ -90,7 +90,10 @@ def test_more_tumour_or_more_cells_raise_crs(cohorts, default_config, covariate)
     low = cohorts(f"{covariate}-low", cfg(1 / 3)).patients
     high = cohorts(f"{covariate}-high", cfg(3.0)).patients
     np.testing.assert_array_equal(low.patient_id, high.patient_id)  # the same patients, 9-fold apart
-    assert (high.crs_max_grade >= 2).mean() >= (low.crs_max_grade >= 2).mean() + 0.05
+    # CRS >= 2 rises on the same patients, the interval above zero (n = 300; measured after the IL-1 and
+    # CNS mechanisms of issue 12: tumour +0.37 [0.31, 0.42], dose +0.043 [0.020, 0.066]).
+    effect, lower, upper = paired_difference(high.crs_max_grade >= 2, low.crs_max_grade >= 2)
+    assert lower > 0.0, ("CRS >= 2", effect, lower, upper)
     # Any CRS becomes more frequent on the same patients (n = 300; measured: tumour +0.25 [0.20, 0.30],
     # dose +0.027 [0.008, 0.045]); a mechanism that ignores tumour or dose gives an interval around 0.
     effect, lower, upper = paired_difference(high.crs_max_grade >= 1, low.crs_max_grade >= 1)
