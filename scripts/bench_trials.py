@@ -67,7 +67,7 @@ def bench_sweep(n: int, days: float) -> None:
           f"({len(res.table)} rows; compile included); resumed run {dt2:.2f} s ({again.skipped} cells skipped)",
           flush=True)
     print(f"XLA compilations during the sweep: {len(compiles)}, {sum(compiles):.1f} s in all, the longest "
-          f"{max(compiles, default=0):.1f} s (the engine compiles once; each dose's population sampler once)")
+          f"{max(compiles, default=0):.1f} s (compilation-cache loads count too)")
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"RATIO sweep time / 30 s target: {dt / 30:.2f}")
 

@@ -192,16 +192,25 @@ def test_plot_helpers_return_figures(plain):
 
 
 def test_the_sampler_compiles_once_per_specification(small):
-    from vpop.population.sampler import PopulationSampler
+    """Equal samplers share one compiled sampler, and so do samplers at other doses (a dose sweep's cells),
+    each drawing at its own dose; another parameter value is another sampler."""
+    from vpop.population.sampler import PopulationSampler, patient_keys
 
     import jax.numpy as jnp
 
     a = driver.compiled_sampler(PopulationSampler(small.population, small.parameters), jnp.float32)
     b = driver.compiled_sampler(PopulationSampler(small.population, dict(small.parameters)), jnp.float32)
-    assert a is b
+    assert a.func is b.func
     c = driver.compiled_sampler(PopulationSampler(small.population, {**small.parameters, "leak_rate": 0.1}),
                                 jnp.float32)
-    assert c is not a
+    assert c.func is not a.func
+    field = "dose_per_kg" if small.population.dose_per_kg is not None else "flat_dose"
+    doubled = replace(small.population, **{field: 2.0 * getattr(small.population, field)})
+    d = driver.compiled_sampler(PopulationSampler(doubled, small.parameters), jnp.float32)
+    assert d.func is a.func
+    keys, _ = driver.split_keys(patient_keys(0, np.arange(4)))
+    np.testing.assert_allclose(np.asarray(d(keys)[0]["car_dose_per_kg"]), 2.0 * np.asarray(a(keys)[0]["car_dose_per_kg"]),
+                               rtol=1e-6)
 
 
 def test_endpoints_mean_the_same_everywhere(plain):
