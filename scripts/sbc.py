@@ -173,6 +173,16 @@ def fit(method, problem, a, seed):
     raise SystemExit(f"--methods: unknown method {method!r}; use laplace, laplace-joint, svi, nuts")
 
 
+def nuts_stats(res) -> dict:
+    """Sampler cost and health of a NUTS fit (empty for other methods)."""
+    if res.method != "nuts":
+        return {}
+    d = res.diagnostics
+    ss = res.idata.sample_stats
+    return {"mean_leapfrog_steps": float(np.asarray(ss["n_steps"]).mean()), "divergences": int(np.asarray(ss["diverging"]).sum()),
+            "max_rhat": d.get("max_rhat"), "min_ess_bulk": d.get("min_ess_bulk")}
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Coverage, bias, RMSE, width and time per method and parameter (with a binomial 90 % range)."""
     g = df.groupby(["method", "parameter"])
@@ -237,11 +247,10 @@ def main():
                              "width_log": hi - lo, "omega_median": float(np.median(om[:, j])), "seconds": secs,
                              "warnings": len(res.diagnostics.get("warnings", [])),
                              "first_warning": (res.diagnostics.get("warnings") or [""])[0][:160],
-                             "patients_with_doses": truth["patients_with_doses"], "censored": truth["censored"]})
+                             "patients_with_doses": truth["patients_with_doses"], "censored": truth["censored"],
+                             **nuts_stats(res)})
             pd.DataFrame(rows).to_csv(out, index=False)
             print(f"replicate {r} {method}: {secs:.0f} s", flush=True)
-            if method in ("svi", "nuts"):
-                jax.clear_caches()  # these compile per data set; keep memory flat (Laplace reuses one program)
     print(summarise(pd.DataFrame(rows)).to_string())
 
 

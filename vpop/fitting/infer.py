@@ -187,6 +187,7 @@ def svi_warnings(losses, steps: int, guide: str) -> list[str]:
 
 
 INIT_STRATEGIES = ("reference", "map", "sample")
+_NUTS_KERNELS: dict = {}  # design -> (kernel, compiled segments): see run_nuts
 STATS = ("diverging", "num_steps", "accept_prob", "energy")
 
 
@@ -223,8 +224,26 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
             raise UserError("--init map: no MAP given")
         start.update(init_values_override)
     strategy = init_to_sample() if init == "sample" else init_to_value(values=start)
-    kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                  dense_mass=dense_mass)
+    from vpop.fitting.laplace import fast_path
+
+    scans = {}
+    if fast_path(problem, cohort, options) and init == "reference":
+        # The data as an argument of the compiled sampler (`vpop.fitting.traced`): NumPyro's HMC takes the model's
+        # arguments at every step, so data sets of one design share one kernel and its compiled segments.
+        from vpop.fitting.traced import traced
+
+        tp = traced(problem)
+        leaves, treedef = jax.tree_util.tree_flatten(tp)
+        design = (treedef, tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), parameterisation,
+                  target_accept, max_tree_depth, dense_mass, chains, warmup)
+        if design not in _NUTS_KERNELS:
+            _NUTS_KERNELS[design] = (NUTS(model, init_strategy=strategy, target_accept_prob=target_accept,
+                                          max_tree_depth=max_tree_depth, dense_mass=dense_mass), {})
+        kernel, scans = _NUTS_KERNELS[design]
+        args = (tp,)
+    else:
+        kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                      dense_mass=dense_mass)
     free = problem.free if problem is not None else cohort.free
     meta = {"chains": chains, "warmup": warmup, "free": list(free), "n": problem.n if problem is not None else 0,
             "parameterisation": parameterisation, "dense_mass": dense_mass, "max_tree_depth": max_tree_depth,
@@ -250,20 +269,22 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     total = warmup + draws
 
     def make_scan(length):  # NUTS iterations of one saved segment (the course's time loop is the engine's)
-        def body(st, _):
-            st = kernel.sample(st, args, kwargs)
-            return st, (st.z, st.diverging, st.num_steps, st.accept_prob, st.energy)
+        def run(st, a):
+            def body(s, _):
+                s = kernel.sample(s, a, kwargs)
+                return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.energy)
 
-        return jax.jit(lambda st: jax.lax.scan(body, st, None, length=length))
+            return jax.lax.scan(body, st, None, length=length)
 
-    scans = {}
+        return jax.jit(run)
+
     while done < total:
         length = min(segment, total - done)
         if done < warmup:
             length = min(length, warmup - done)  # a segment is all warm-up or all sampling
         if length not in scans:
             scans[length] = make_scan(length)
-        state, (z, div, nsteps, acc, energy) = scans[length](state)
+        state, (z, div, nsteps, acc, energy) = scans[length](state, args)
         jax.block_until_ready(state)
         seg = {"z": {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in z.items()},
                "diverging": np.swapaxes(np.asarray(div), 0, 1), "num_steps": np.swapaxes(np.asarray(nsteps), 0, 1),
