@@ -37,7 +37,7 @@ ACCELERATOR_PATIENTS_PER_SECOND = 50_000.0  # per device, default config
 FASTEST_FACTOR = 20.0  # refuse only what cannot finish even this much faster than typical
 MAX_SECONDS = 365 * 86400.0
 LONG_RUN_SECONDS = 60.0
-DEFAULT_WORK = 113 * 3  # assessments x steps of the default config
+DEFAULT_WORK = 113 * 6  # assessments x steps of the default config
 MAX_PATIENTS = 2 ** 32  # patient ids are folded into the random keys as uint32
 
 
