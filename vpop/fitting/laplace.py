@@ -39,6 +39,7 @@ from vpop.errors import UserError
 
 from vpop.fitting.infer import FitResult, init_values, keep_sites, model_and_args, to_inferencedata
 from vpop.fitting.statistical_model import derived_sites
+from vpop.fitting.traced import POSITIVE_SITES, fast_path, fast_sites
 from vpop.fitting.unconstrained import Unconstrained
 
 PATIENT_SITES = ("z", "eta")
@@ -186,15 +187,10 @@ def correction_value(problem, sites, frozen, centred: bool):
 
 
 _frozen_traced = jax.jit(frozen_information)  # the problem as an argument (`vpop.fitting.traced`)
-POSITIVE_SITES = ("omega", "sigma")  # HalfNormal: exp from the unconstrained space
-
-
-def _fast_sites(problem, params):
-    return {k: jnp.exp(v) if k in POSITIVE_SITES else v for k, v in params.items()}
 
 
 def _fast_correction(problem, params, frozen, centred):
-    return correction_value(problem, _fast_sites(problem, params), frozen, centred)
+    return correction_value(problem, fast_sites(problem, params), frozen, centred)
 
 
 class Space:
@@ -214,12 +210,6 @@ class Space:
             out[k] = slice(i, i + size)
             i += size
         return out
-
-
-def fast_path(problem, cohort, options) -> bool:
-    """The default model on time courses without grades: its posterior compiles once per design (`vpop.fitting.traced`)."""
-    return (problem is not None and cohort is None and not problem.grades
-            and (options is None or (options.omega == "diag" and not options.covariate_names and options.error == "log")))
 
 
 def integrated_map(space, vg, freeze, rounds: int = 6, tol: float = 1e-3, progress: bool = False,
@@ -282,10 +272,10 @@ def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress
             return tr.value_and_grad(x, tp, a[0] if a else None, layout, parameterisation, corr_fn)
 
         def freeze(x):
-            return _frozen_traced(tp, _fast_sites(tp, layout.unravel(jnp.asarray(x))))
+            return _frozen_traced(tp, fast_sites(tp, layout.unravel(jnp.asarray(x))))
 
         def constrain(xs):
-            return derived_sites(jax.vmap(lambda v: _fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)))
+            return derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)))
     else:
         model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
         u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)

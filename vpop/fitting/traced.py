@@ -109,3 +109,16 @@ def value_and_grad(x, problem, frozen, layout: Layout, parameterisation: str, co
 
     return jax.value_and_grad(f)(x)
 
+
+POSITIVE_SITES = ("omega", "sigma")  # HalfNormal: exp from the unconstrained space
+
+
+def fast_sites(problem, params):
+    """The fast path's sites on their natural scale (omegas and sigmas from their logs)."""
+    return {k: jnp.exp(v) if k in POSITIVE_SITES else v for k, v in params.items()}
+
+
+def fast_path(problem, cohort, options) -> bool:
+    """The default model on time courses without grades: its posterior compiles once per design (`vpop.fitting.traced`)."""
+    return (problem is not None and cohort is None and not problem.grades
+            and (options is None or (options.omega == "diag" and not options.covariate_names and options.error == "log")))
