@@ -16,6 +16,7 @@ from dataclasses import fields
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer.util import potential_energy
 
