@@ -64,22 +64,6 @@ def _phi123(z, em1):
     return f1, jnp.where(small, series2, direct2), jnp.where(small, series3, direct3)
 
 
-def _etdrk4_coefficients(z):
-    """exp(z), exp(z/2), phi1(z/2), phi1(z), phi2(z), phi3(z) from one expm1.
-
-    exp(z) - 1 = (exp(z/2) - 1)(exp(z/2) + 1), so a single transcendental per
-    state and step serves all six.
-    """
-    half = 0.5 * z
-    em1_half = jnp.expm1(half)
-    e2 = 1.0 + em1_half
-    em1 = em1_half * (e2 + 1.0)
-    tiny = jnp.abs(z) < 1e-30
-    q1 = jnp.where(tiny, 1.0, 2.0 * em1_half / jnp.where(tiny, 1.0, z))
-    f1, f2, f3 = _phi123(z, em1)
-    return e2 * e2, e2, q1, f1, f2, f3
-
-
 def etdrk4_step(production_loss, t, y, h, p):
     """One ETDRK4 step from (t, y); returns (y_next, error_estimate). See `etdrk4_dense_step`."""
     y_next, err, _ = etdrk4_dense_step(production_loss, t, y, h, p)
