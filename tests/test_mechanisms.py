@@ -5,6 +5,9 @@
 - Loop ignition: without CAR-T cells no patient's self-amplifying loop ignites, however sensitive.
 - Masked fever: after a fever-masking drug, hypotension alone makes the policy treat CRS.
 - Physical range: a patient whose read-outs leave their physical range is flagged and excluded.
+- CAR-T kinetics: antigen drives a programmed burst (expansion and secretion end at
+  `car_expansion_days` whatever antigen remains), and killing per tumour cell falls with burden
+  (effector:target ratio), so tumours are not all cleared in the first week.
 """
 
 from __future__ import annotations
@@ -80,3 +83,81 @@ def test_a_blow_up_is_flagged_out_of_range_and_excluded(default_config):
     assert res.n_failed == int(status.isin(["out_of_range", "nonfinite"]).sum())
     table = res.summary_table()
     assert int(table["n"].iloc[0]) == 16 - res.n_failed  # rates are over the patients kept
+
+
+def _sampled(default_config, n):
+    from vpop.population.sampler import PopulationSampler, patient_keys
+    from vpop.run.cohort import compiled_sampler, split_keys
+
+    keys, _ = split_keys(patient_keys(0, np.arange(n)))
+    return compiled_sampler(PopulationSampler(default_config.population, default_config.parameters), jnp.float32)(keys)[1]
+
+
+def _net_car_growth(t, y, p):
+    e = equations.IDX["car_effector"]
+    P, D = equations.production_loss(t, y, p)
+    return np.asarray(P[e] / y[e] - D[e])
+
+
+def test_expansion_ends_with_the_burst_whatever_antigen_remains(default_config):
+    """With antigen held at the median burden, effectors grow during the burst and contract after it."""
+    p = _sampled(default_config, 8)
+    y = equations.initial_state(p)
+    y = y.at[equations.IDX["car_effector"]].set(5.0).at[equations.IDX["antigen"]].set(1.0)
+    end = np.asarray(p["car_expansion_days"])
+    no_antigen_drive = {**p, "car_prolif_max": jnp.zeros_like(p["car_prolif_max"])}
+    early = _net_car_growth(2.0, y, p)
+    assert np.all(early > 0.1)
+    assert np.all(early - _net_car_growth(2.0, y, no_antigen_drive) > 0.2)  # antigen drives the burst
+    late = _net_car_growth(jnp.asarray(end + 3.0), y, p)
+    # after it only the fading homeostatic drive is left
+    np.testing.assert_allclose(late, _net_car_growth(jnp.asarray(end + 3.0), y, no_antigen_drive), atol=0.01)
+    assert np.median(late) < 0
+
+
+def test_car_t_cytokine_secretion_belongs_to_the_burst(default_config):
+    p = _sampled(default_config, 8)
+    y = equations.initial_state(p)
+    y = y.at[equations.IDX["car_effector"]].set(5.0).at[equations.IDX["antigen"]].set(1.0)
+    i = equations.IDX["ifng"]
+    early = np.asarray(equations.production_loss(2.0, y, p)[0][i])
+    late = np.asarray(equations.production_loss(jnp.asarray(p["car_expansion_days"] + 3.0), y, p)[0][i])
+    assert np.all(early > 0) and np.all(late < 0.01 * early)
+
+
+def test_killing_per_tumour_cell_follows_the_effector_target_ratio(default_config):
+    """D = kill_max E / (E + EC50 + L A): a ten times bulkier tumour loses a smaller fraction per day."""
+    p = _sampled(default_config, 4)
+    y = equations.initial_state(p).at[equations.IDX["car_effector"]].set(20.0)
+    a = equations.IDX["antigen"]
+    rates = []
+    for burden in (0.3, 3.0):
+        D = np.asarray(equations.production_loss(2.0, y.at[a].set(burden), p)[1][a])
+        expected = np.asarray(p["tumor_kill_max"] * 20.0 / (20.0 + p["tumor_kill_ec50"] + p["tumor_kill_target_load"] * burden))
+        np.testing.assert_allclose(D, expected, rtol=1e-5)
+        rates.append(D)
+    assert np.all(rates[1] < 0.5 * rates[0])
+
+
+def test_untreated_tumours_are_not_all_cleared_in_the_first_week(default_config):
+    """The cause of the old burden fact failure: every tumour was gone by day 7 (median 1 % of baseline).
+    ZUMA-1's best complete-response rate was 54 %, so a sizeable share must still carry tumour then."""
+    import jax
+
+    from vpop.observation import readouts
+    from vpop.solver.etdrk import integrate_interval
+
+    p = _sampled(default_config, 200)
+
+    def course(p):
+        def step(y, k):
+            t = k * 0.25
+            y, _, _ = integrate_interval(equations.production_loss, readouts.interval_signs, t, t + 0.25, y, p, 6,
+                                         1e-3, 1e-3, 6)
+            return y, None
+        return jax.lax.scan(step, equations.initial_state(p), jnp.arange(28))[0]  # 7 days
+
+    y7 = jax.jit(jax.vmap(course))(p)
+    left = np.asarray(y7[:, equations.IDX["antigen"]] / p["tumor_burden"])
+    assert 0.2 < np.median(left) < 0.95
+    assert (left > 0.1).mean() > 0.5

@@ -21,6 +21,7 @@ writes out every equation.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from vpop.model.states import STATE_NAMES
@@ -32,6 +33,8 @@ IDX = {name: i for i, name in enumerate(STATE_NAMES)}
 
 # Basal stimulus of resting monocytes, so the myeloid state starts near 2 %.
 _BASAL_MYELOID_STIMULUS = 0.02
+# How sharply the proliferative burst ends at `car_expansion_days` (logistic width, days).
+_BURST_SWITCH_DAYS = 0.5
 
 
 def _relu(x):
@@ -131,14 +134,22 @@ def production_loss(t, y, p):
     short = p["car_engraftment_cells"] / jnp.maximum(cells, 1e-30)  # written so no power overflows float32
     short = short * short
     engraftment = 1.0 / (1.0 + short * short)  # Hill 4: establishing a lineage is all or none
-    prolif = (p["car_prolif_max"] * stim + homeostatic) * p["car_prolif_factor"] * engraftment
-    engaged = s["car_effector"] * stim  # antigen-engaged effectors, cells/uL
+    # Antigen drives a programmed burst (Stein 2019: expansion to Tmax, then contraction whatever antigen
+    # remains): the peak is set by the dose and the burst, not by how long a shrinking tumour lasts.
+    burst = jax.nn.sigmoid((p["car_expansion_days"] - t) / _BURST_SWITCH_DAYS)
+    prolif = (p["car_prolif_max"] * stim * burst + homeostatic) * p["car_prolif_factor"] * engraftment
+    # Antigen-engaged effectors that secrete (cells/uL): secretion belongs to the proliferative burst; cells
+    # past it are terminally differentiated and secrete little (Stein 2019's expansion phase; Kirouac 2023).
+    engaged = s["car_effector"] * stim * burst
     P_eff = prolif * s["car_effector"] + p["car_memory_reactivation"] * stim * s["car_memory"]
     D_eff = p["car_contraction"] + p["car_to_memory"] + prolif * total_car / p["car_capacity"]
     P_mem = p["car_to_memory"] * s["car_effector"]
     D_mem = p["car_memory_decline"] + p["car_memory_reactivation"] * stim
     P_ag = p["tumor_growth"] * s["antigen"]
-    D_ag = p["tumor_kill_max"] * s["car_effector"] / (s["car_effector"] + p["tumor_kill_ec50"])
+    # Killing per tumour cell falls as targets outnumber effectors (effector:target ratio), so a bulky
+    # tumour shrinks more slowly and keeps stimulating CAR-T past the first week.
+    D_ag = p["tumor_kill_max"] * s["car_effector"] / (
+        s["car_effector"] + p["tumor_kill_ec50"] + p["tumor_kill_target_load"] * s["antigen"])
 
     # Monocyte/macrophage amplification loop, damped by IL-10 and steroids.
     # Monocytes' own TNF and IL-1 amplify their activation only past a threshold (Hill 2): the

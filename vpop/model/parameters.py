@@ -62,7 +62,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "Stein 2019 (beta 0.0032/d, terminal t1/2 220 d)", "memory CAR-T decline rate"),
     _p("car_t", "car_memory_reactivation", 0.05, "1/d", 0.0, 0.5, "calibrated",
        "antigen-driven return of memory cells to the effector pool"),
-    _p("car_t", "car_antigen_ec50", 0.1, "antigen units", 0.01, 0.5, "calibrated (saturable stimulation as in Liu 2021, Kirouac 2023)",
+    _p("car_t", "car_antigen_ec50", 0.02, "antigen units", 0.005, 0.5,
+       "set with the kinetics re-parameterisation: stimulation saturates down to 2 % of the median burden, so "
+       "expansion is driven by the dose and the burst, weakly by burden (Liu 2021: saturable stimulation; "
+       "Singh 2021, Hardiansyah & Ng 2019: burden matters more than dose, not overwhelmingly)",
        "antigen level giving half-maximal CAR-T stimulation"),
     _p("car_t", "car_capacity", 1500.0, "cells/uL", 200.0, 10000.0, "Kimmel 2021 (K_C 7e10 cells, scaled to blood); calibrated",
        "carrying capacity of CAR-T in blood"),
@@ -78,6 +81,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("car_t", "tumor_growth", 0.02, "1/d", 0.0, 0.2, "Kimmel 2021 (r_B 0.01-0.5/d)", "tumour growth rate"),
     _p("car_t", "tumor_kill_max", 1.15, "1/d", 0.5, 2.0, "Kimmel 2021 (gamma_B 1.15/d)", "maximal CAR-T killing rate of antigen-bearing cells"),
     _p("car_t", "tumor_kill_ec50", 5.0, "cells/uL", 2.0, 100.0, "calibrated (k_B in Kimmel 2021)", "CAR-T level giving half-maximal killing"),
+    _p("car_t", "tumor_kill_target_load", 150.0, "cells/uL per antigen unit", 0.0, 300.0,
+       "structural: effector-to-target-ratio killing (Singh 2021, Hardiansyah & Ng 2019); value set so a median "
+       "LBCL tumour is not cleared within a week (ZUMA-1 best complete response 54 %, Neelapu 2017)",
+       "CAR-T level per unit of antigen burden that halves the killing rate: a bulky tumour dilutes the "
+       "effectors, so its fraction killed per day is lower"),
+    _p("car_t", "car_expansion_days", 9.3, "d", 5.0, 14.0,
+       "Stein 2019 (expansion phase to Tmax 9.3 d, tisa-cel, 4-1BB); CD28 products shorter (axi-cel preset 7.5: "
+       "ZUMA-7 CAR-T Tmax median 8 d, IQR 8-9), cilta-cel longer (CARTITUDE-1 Tmax median 12.7 d)",
+       "length of the antigen-driven proliferative burst: engaged CAR-T stop dividing after it whatever "
+       "antigen remains (a programmed clonal burst)"),
     # --- Cytokines ---------------------------------------------------------
     _p("cytokine", "ifng_clearance", _k(30 * MIN), "1/d", _k(35 * MIN), _k(25 * MIN),
        "Kurzrock 1985 (rIFN-gamma t1/2 25-35 min)", "IFN-gamma elimination"),
