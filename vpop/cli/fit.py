@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     parser.add_argument("--check-sigma", type=float, default=0.3,
                         help="residual SD (log) assumed by the identifiability check")
     parser.add_argument("--no-check", action="store_true", help="skip the identifiability check before the fit")
+    parser.add_argument("--covariance", choices=("hessian", "sandwich"), default=None,
+                        help="Laplace intervals: hessian (R^-1) or sandwich (robust R^-1 S R^-1 from the patients' "
+                             "scores); both are reported in diagnostics.json (docs/fitting.md: which)")
     parser.add_argument("--steps", type=int, default=1500, help="SVI steps")
     parser.add_argument("--lr", type=float, default=0.02, help="SVI Adam learning rate")
     parser.add_argument("--guide", choices=("mvn", "normal", "delta"), default="mvn",
@@ -148,12 +151,15 @@ def _run(args: argparse.Namespace) -> int:
         _say(args, f"cohort {targets[0].cohort}: setting surrogate thresholds with {args.virtual} virtual patients")
         # the trial's own course: the config's engine settings, policy and scales (not the time-course grid)
         cohort = cohort_tables.build_cohort_likelihood(config, targets, free, n_virtual=args.virtual, tau=args.tau)
+    if args.covariance is not None and args.method != "laplace":
+        raise UserError(f"--covariance {args.covariance}: only for --method laplace (SVI and NUTS give draws)")
     progress = not args.quiet  # periodic lines on stderr (also off a terminal)
     if args.method == "laplace":
         from vpop.fitting import laplace
 
         fit = laplace.run_laplace(problem, cohort, seed=args.seed, progress=progress,
-                                  parameterisation="noncentred", options=options)
+                                  parameterisation="noncentred", options=options,
+                                  covariance=args.covariance or laplace.default_covariance(problem, cohort))
     elif args.method == "svi":
         fit = infer.run_svi(problem, cohort, steps=args.steps, lr=args.lr, guide=args.guide, seed=args.seed,
                             progress=progress, parameterisation=args.parameterisation, options=options)

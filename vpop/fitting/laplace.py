@@ -170,6 +170,11 @@ def correction_value(problem, sites, frozen, centred: bool):
     the joint mode. Grades and cohort tables are not in G (little information about one patient's factors).
     In the centred form the eta prior's normaliser, log |det A| per patient, is already in the potential.
     """
+    return jnp.sum(correction_terms(problem, sites, frozen, centred))
+
+
+def correction_terms(problem, sites, frozen, centred: bool):
+    """Patient i's term of `correction_value`, (n,)."""
     J, c, mu = frozen
     a = jnp.asarray(problem.obs_analyte)
     if "sigma_add" in sites:
@@ -180,10 +185,79 @@ def correction_value(problem, sites, frozen, centred: bool):
     F = J.shape[-1]
     A = jnp.diag(sites["omega"]) if sites.get("L_corr") is None else sites["omega"][:, None] * sites["L_corr"]
     M = jnp.eye(F) + jnp.einsum("fg,nfh,hk->ngk", A, G, A)
-    out = 0.5 * jnp.sum(jnp.linalg.slogdet(M)[1])
+    out = 0.5 * jnp.linalg.slogdet(M)[1]
     if centred:
-        out = out - jnp.shape(J)[0] * jnp.linalg.slogdet(A)[1]
+        out = out - jnp.linalg.slogdet(A)[1]
     return out
+
+
+COVARIANCES = ("hessian", "sandwich")
+
+
+def default_covariance(problem, cohort=None) -> str:
+    """The covariance `vpop fit` uses unless told: (decided from the coverage study, docs/fitting.md)."""
+    return "hessian"
+
+
+def patient_terms(problem, sites, frozen, lf_star, centred: bool, covariate_x=None):
+    """(n,) patient i's part of the integrated objective: -log p(y_i | phi, z_i) (- log p(eta_i | phi) in the
+    centred form) + its random-effect correction, with the predictions *linear* in the log factors around
+    `lf_star` through the frozen J (FOCE): exact in value and first derivative at lf_star, which is all the
+    scores of the sandwich need, and no course is run.
+
+    The likelihood is the model's (`statistical_model.numpyro_model`): log-normal or combined error, M3 for a
+    censored value. The non-centred z_i ~ N(0, 1) prior is left out: it does not depend on the population
+    parameters."""
+    import numpyro.distributions as dist
+
+    J, _, mu0 = frozen
+    lf = log_factors_of(problem, sites, covariate_x)
+    mu = mu0 + jnp.einsum("nmf,nf->nm", J, lf - lf_star)
+    a = jnp.asarray(problem.obs_analyte)
+    y, mask, cens = jnp.asarray(problem.obs_logv), jnp.asarray(problem.obs_mask), jnp.asarray(problem.obs_cens)
+    if "sigma_add" in sites:
+        pred, yn = jnp.exp(mu), jnp.exp(y)
+        sd = jnp.sqrt(sites["sigma_add"][a] ** 2 + (sites["sigma"][a] * pred) ** 2)
+        ll = jnp.where(cens, norm.logcdf((yn - pred) / sd), norm.logpdf(yn, pred, sd))
+    else:
+        sd = sites["sigma"][a]
+        ll = jnp.where(cens, norm.logcdf((y - mu) / sd), norm.logpdf(y, mu, sd))
+    out = -jnp.sum(jnp.where(mask, ll, 0.0), axis=-1)
+    if centred:
+        L = sites.get("L_corr")
+        if L is None:
+            re = dist.Normal(jnp.zeros_like(sites["omega"]), sites["omega"]).to_event(1)
+        else:
+            re = dist.MultivariateNormal(jnp.zeros_like(sites["omega"]), scale_tril=sites["omega"][:, None] * L)
+        out = out - re.log_prob(sites["eta"])
+    return out + correction_terms(problem, sites, frozen, centred)
+
+
+def prior_potential(priors: dict, params: dict):
+    """-log prior of the population sites in the unconstrained space (the transforms' Jacobians included, as
+    NumPyro's potential has them). `priors`: `statistical_model.population_priors`; `params`: unconstrained."""
+    from numpyro.distributions import biject_to
+
+    out = 0.0
+    for k, d in priors.items():
+        t = biject_to(d.support)
+        v = t(params[k])
+        out = out - jnp.sum(d.log_prob(v)) - jnp.sum(t.log_abs_det_jacobian(params[k], v))
+    return out
+
+
+def sandwich_covariance(V, scores, prior_hessian):
+    """V (S + P) V: the robust covariance of the population coordinates (NONMEM's R^-1 S R^-1).
+
+    V = R^-1 is the Laplace covariance (the population block of H^-1: the inverse of the Hessian of the
+    marginal objective, random effects integrated), S = sum_i s_i s_i' the outer products of the patients'
+    scores of their marginal log-likelihood at the mode, P the prior's Hessian. The prior is not data and
+    cannot be misspecified in the sandwich's sense, so it enters the "meat" by its curvature: when the model
+    is right, S estimates R - P and V (S + P) V estimates V."""
+    V = np.asarray(V)
+    S = np.asarray(scores).T @ np.asarray(scores)
+    out = V @ (S + np.asarray(prior_hessian)) @ V
+    return 0.5 * (out + out.T)
 
 
 _frozen_traced = jax.jit(frozen_information)  # the problem as an argument (`vpop.fitting.traced`)
@@ -237,25 +311,25 @@ def integrated_map(space, vg, freeze, rounds: int = 6, tol: float = 1e-3, progre
     return x, freeze(x), np.asarray(losses), info
 
 
-def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress: bool = False,
-                parameterisation: str = "noncentred", options=None, max_iter: int = 2000,
-                dense_hessian: bool = False, random_effects: str = "integrated") -> FitResult:
-    """MAP + Laplace (module docstring); the draws make a FitResult like SVI and NUTS.
+class Objective:
+    """What the mode search, the Hessian and the sandwich need of one model (`objective`)."""
 
-    `random_effects="integrated"` (default) integrates the patients' random effects out by Laplace before the
-    population parameters are approximated (`correction_value`); "joint" takes the mode and Hessian of the
-    joint posterior of everything (kept to show why not: in the non-centred form its omegas are biased
-    upwards, as the joint density lacks the -n log omega the integral over the random effects brings, and the
-    typical values' intervals widen with them; docs/fitting.md).
-    """
+    def __init__(self, space, vg, freeze, constrain, params_of, sites_of, priors):
+        self.space, self.vg, self.freeze, self.constrain = space, vg, freeze, constrain
+        self.params_of, self.sites_of, self.priors = params_of, sites_of, priors
+
+
+def objective(problem, cohort, options, parameterisation: str, integrate: bool, seed: int = 0) -> Objective:
+    """The integrated (or joint) objective of a model: on the fast path with the data as an argument of one
+    compiled program per design (`vpop.fitting.traced`), otherwise through NumPyro's potential."""
     from vpop.fitting import traced as tr
+    from vpop.fitting.statistical_model import ModelOptions, population_priors
 
-    if random_effects not in RANDOM_EFFECTS:
-        raise UserError(f"random_effects {random_effects!r}: use one of {', '.join(RANDOM_EFFECTS)}")
-    t0 = time.perf_counter()
-    integrate = random_effects == "integrated" and problem is not None
     centred = parameterisation == "centred"
     cov_x = None if options is None else options.covariate_x
+    priors = None
+    if problem is not None and cohort is None and not problem.grades:
+        priors = population_priors(problem, options or ModelOptions())
     if fast_path(problem, cohort, options):
         from numpyro.distributions import biject_to, constraints
 
@@ -276,27 +350,101 @@ def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress
 
         def constrain(xs):
             return derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)))
-    else:
-        model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
-        u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)
-        space = u
 
-        def sites_of(x):
-            return u.constrain_tree(u.unravel(x))
+        return Objective(space, vg, freeze, constrain, layout.unravel,
+                         lambda x: fast_sites(problem, layout.unravel(x)), priors)
+    model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
+    u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)
 
-        def f(y, *a):
-            out = u.potential(y)
-            return out + correction_value(problem, sites_of(y), a[0], centred) if a else out
+    def sites_of(x):
+        return u.constrain_tree(u.unravel(x))
 
-        vg = value_and_grad(f)
+    def f(y, *a):
+        out = u.potential(y)
+        return out + correction_value(problem, sites_of(y), a[0], centred) if a else out
+
+    freeze = None
+    if problem is not None:
         freeze = jax.jit(lambda x: frozen_information(problem, sites_of(x), cov_x))
-        constrain = u.constrain
+    return Objective(u, value_and_grad(f), freeze, u.constrain, u.unravel, sites_of, priors)
+
+
+def population_index(space) -> np.ndarray:
+    """Flat indices of the population coordinates (all but the patients' random effects)."""
+    pop = np.ones(space.dim, bool)
+    sl = space.slices()
+    for k in PATIENT_SITES:
+        if k in sl:
+            pop[sl[k]] = False
+    return np.flatnonzero(pop)
+
+
+def robust_parts(problem, obj: Objective, x, frozen, centred: bool, covariate_x=None):
+    """(scores (n, P), prior Hessian (P, P), mismatch) at the mode x, over the population coordinates.
+
+    Patient i's score is the gradient of its `patient_terms` at fixed z_i: at the conditional mode of z_i
+    that is the gradient of its Laplace marginal log-likelihood (the envelope theorem). `mismatch` is
+    max |sum_i s_i + prior gradient - gradient of the objective|: the two routes to the same gradient (the
+    linearised likelihood here, the course in the potential) agree to rounding when the patients' terms are
+    the model's."""
+    pop = population_index(obj.space)
+    x = jnp.asarray(x)
+    lf_star = log_factors_of(problem, obj.sites_of(x), covariate_x)
+
+    def terms(y):
+        return patient_terms(problem, obj.sites_of(y), frozen, lf_star, centred, covariate_x)
+
+    jac = np.asarray(jax.jacfwd(terms)(x))[:, pop]
+
+    def prior_at(xp):
+        return prior_potential(obj.priors, obj.params_of(x.at[pop].set(xp)))
+
+    xp = x[pop]
+    P = np.asarray(jax.hessian(prior_at)(xp))
+    g_prior = np.asarray(jax.grad(prior_at)(xp))
+    g_obj = np.asarray(obj.vg(x, frozen)[1])[pop]
+    mismatch = float(np.max(np.abs(jac.sum(0) + g_prior - g_obj)))
+    return jac, 0.5 * (P + P.T), mismatch
+
+
+def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress: bool = False,
+                parameterisation: str = "noncentred", options=None, max_iter: int = 2000,
+                dense_hessian: bool = False, random_effects: str = "integrated",
+                covariance: str = "hessian") -> FitResult:
+    """MAP + Laplace (module docstring); the draws make a FitResult like SVI and NUTS.
+
+    `random_effects="integrated"` (default) integrates the patients' random effects out by Laplace before the
+    population parameters are approximated (`correction_value`); "joint" takes the mode and Hessian of the
+    joint posterior of everything (kept to show why not: in the non-centred form its omegas are biased
+    upwards, as the joint density lacks the -n log omega the integral over the random effects brings, and the
+    typical values' intervals widen with them; docs/fitting.md).
+
+    `covariance`: "hessian" (the inverse Hessian, R^-1) or "sandwich" (R^-1 (S + P) R^-1 from the patients'
+    scores, `sandwich_covariance`; robust to a misspecified residual or random-effect model) for the draws,
+    `se_log` and `correlation`. With the integrated random effects and patient data alone both are computed
+    and reported (`se_log_hessian`, `se_log_sandwich`); the sandwich is not available with grades, a cohort
+    table or the joint mode.
+    """
+    if random_effects not in RANDOM_EFFECTS:
+        raise UserError(f"random_effects {random_effects!r}: use one of {', '.join(RANDOM_EFFECTS)}")
+    if covariance not in COVARIANCES:
+        raise UserError(f"--covariance {covariance!r}: use one of {', '.join(COVARIANCES)}")
+    t0 = time.perf_counter()
+    integrate = random_effects == "integrated" and problem is not None
+    centred = parameterisation == "centred"
+    cov_x = None if options is None else options.covariate_x
+    obj = objective(problem, cohort, options, parameterisation, integrate, seed)
+    space, vg = obj.space, obj.vg
     if integrate:
-        x, frozen, losses, info = integrated_map(space, vg, freeze, max_iter=max_iter, progress=progress)
+        x, frozen, losses, info = integrated_map(space, vg, obj.freeze, max_iter=max_iter, progress=progress)
         args = (frozen,)
     else:
         args = ()
         x, losses, info = find_map(space, max_iter=max_iter, progress=progress, vg=vg)
+    robust = integrate and obj.priors is not None
+    if covariance == "sandwich" and not robust:
+        raise UserError("--covariance sandwich: needs patient time courses with the random effects integrated "
+                        "(not grades, a cohort table or the joint mode); use --covariance hessian")
     H = hessian(space, x, n_patients=problem.n if problem is not None else None, dense=dense_hessian, args=args, vg=vg)
     warnings = []
     eig, vec = np.linalg.eigh(H)
@@ -308,35 +456,73 @@ def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress
                         "mode is a saddle or a ridge; the Laplace intervals are not valid, use NUTS")
         eig = np.maximum(eig, 1e-8 * max(eig.max(), 1.0))
     cov = (vec / eig) @ vec.T
-    rng = np.random.default_rng(seed + 1)
-    xs = np.asarray(x)[None] + (rng.standard_normal((draws, space.dim)) / np.sqrt(eig)) @ vec.T
-    samples = {k: np.asarray(v)[None] for k, v in constrain(xs).items() if keep_sites(k)}
-    seconds = time.perf_counter() - t0
     free = problem.free if problem is not None else cohort.free
     sl = space.slices()
-    lt = sl["log_theta"]
-    cov_lt = cov[lt, lt]
-    se = np.sqrt(np.diag(cov_lt))
-    corr_lt = cov_lt / se[:, None] / se[None, :]
+    lt_idx = np.arange(space.dim)[sl["log_theta"]]
+    rng = np.random.default_rng(seed + 1)
+    pop = population_index(space)
+    extra = {}
+    if robust:
+        scores, P, mismatch = robust_parts(problem, obj, x, frozen, centred, cov_x)
+        cov_s = sandwich_covariance(cov[np.ix_(pop, pop)], scores, P)
+        extra = {"score_gradient_mismatch": mismatch}
+    if covariance == "sandwich":
+        # the population coordinates from the sandwich; the random effects from their Gaussian conditional
+        # given them (z = z* + B dp + N(0, H_zz^-1)), as the Hessian's joint Normal has it
+        zi = np.setdiff1d(np.arange(space.dim), pop)
+        Hr = (vec * eig) @ vec.T
+        dp = rng.multivariate_normal(np.zeros(len(pop)), cov_s, size=draws, method="eigh")
+        dx = np.zeros((draws, space.dim))
+        dx[:, pop] = dp
+        if len(zi):
+            Hzz = Hr[np.ix_(zi, zi)]
+            B = -np.linalg.solve(Hzz, Hr[np.ix_(zi, pop)])
+            ez, vz = np.linalg.eigh(Hzz)
+            dx[:, zi] = dp @ B.T + (rng.standard_normal((draws, len(zi))) / np.sqrt(ez)) @ vz.T
+        xs = np.asarray(x)[None] + dx
+    else:
+        xs = np.asarray(x)[None] + (rng.standard_normal((draws, space.dim)) / np.sqrt(eig)) @ vec.T
+    samples = {k: np.asarray(v)[None] for k, v in obj.constrain(xs).items() if keep_sites(k)}
+    seconds = time.perf_counter() - t0
+
+    def se_corr(c):
+        se = np.sqrt(np.diag(c))
+        return ({name: float(se[j]) for j, name in enumerate(free)},
+                {a: {b: float(c[i, j] / se[i] / se[j]) for j, b in enumerate(free)} for i, a in enumerate(free)})
+
+    se_h, corr_h = se_corr(cov[np.ix_(lt_idx, lt_idx)])
+    reported = {"se_log_hessian": se_h, "correlation_hessian": corr_h}
+    if robust:
+        lt_pop = np.searchsorted(pop, lt_idx)
+        se_s, corr_s = se_corr(cov_s[np.ix_(lt_pop, lt_pop)])
+        reported.update({"se_log_sandwich": se_s, "correlation_sandwich": corr_s,
+                         "sandwich_to_hessian_se": {k: se_s[k] / se_h[k] for k in free}})
+    chosen = "sandwich" if covariance == "sandwich" else "hessian"
     log_evidence = -float(vg(x, *args)[0]) + 0.5 * space.dim * math.log(2 * math.pi) - 0.5 * float(np.sum(np.log(eig)))
     if integrate:  # the random effects' own Gaussian factor is already in the correction: remove its double count
         zi = np.concatenate([np.arange(space.dim)[sl[k]] for k in PATIENT_SITES if k in sl])
         log_evidence += 0.5 * float(np.linalg.slogdet(H[np.ix_(zi, zi)])[1])
     diag = {"method": "laplace", "random_effects": "integrated" if integrate else "joint", **info,
             "dimension": space.dim, "hessian_min_eigenvalue": float(eig.min()),
-            "log_evidence_laplace": log_evidence,
-            "map": {name: float(np.exp(np.asarray(x)[lt][j])) for j, name in enumerate(free)},
-            "se_log": {name: float(se[j]) for j, name in enumerate(free)},
-            "correlation": {a: {b: float(corr_lt[i, j]) for j, b in enumerate(free)} for i, a in enumerate(free)},
-            "warnings": warnings}
+            "log_evidence_laplace": log_evidence, "covariance": chosen,
+            "map": {name: float(np.exp(np.asarray(x)[lt_idx][j])) for j, name in enumerate(free)},
+            "se_log": reported[f"se_log_{chosen}"], "correlation": reported[f"correlation_{chosen}"],
+            **reported, **extra, "warnings": warnings}
     out = FitResult("laplace", free, samples, seconds, diag, losses)
     out.idata = to_inferencedata(out, problem)
     return out
 
 
 def map_values(problem, cohort=None, seed: int = 0, options=None, parameterisation: str = "noncentred") -> dict:
-    """The MAP as constrained site values (a start for NUTS: `run_nuts(init="map", init_values_override=...)`)."""
-    model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
-    u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)
-    x, _, _ = find_map(u)
-    return {k: jnp.asarray(v) for k, v in u.constrain_tree(u.unravel(x)).items()}
+    """The mode the Laplace estimator reports, as constrained site values: a start for NUTS
+    (`run_nuts(init="map", init_values_override=...)`). With patient data it is the *integrated* mode (random
+    effects integrated out, `integrated_map`; its omegas are not inflated as the joint mode's are), with each
+    patient's random effects at their conditional mode; a cohort table alone has no random effects and
+    gives the plain MAP."""
+    integrate = problem is not None
+    obj = objective(problem, cohort, options, parameterisation, integrate, seed)
+    if integrate:
+        x, _, _, _ = integrated_map(obj.space, obj.vg, obj.freeze)
+    else:
+        x, _, _ = find_map(obj.space, vg=obj.vg)
+    return {k: jnp.asarray(v) for k, v in obj.sites_of(jnp.asarray(x)).items()}

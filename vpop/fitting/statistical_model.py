@@ -114,6 +114,25 @@ def individual_log_factors(problem, log_theta, omega, z, L_corr=None, cov_beta=N
     return out
 
 
+def population_priors(problem: FitProblem, opt: ModelOptions) -> dict:
+    """The prior of every population site of the patient-data model (not the grades'), by site name.
+
+    One source for the model and for the Laplace sandwich covariance, which needs the prior's curvature
+    apart from the patients' terms (`vpop.fitting.laplace.prior_potential`)."""
+    F, A = len(problem.free), max(1, len(problem.analytes))
+    out = {"log_theta": dist.Normal(jnp.asarray(problem.log_ref), jnp.asarray(problem.prior_sd)).to_event(1),
+           "omega": dist.HalfNormal(problem.omega_prior * jnp.ones(F)).to_event(1),
+           "sigma": dist.HalfNormal(problem.sigma_prior * jnp.ones(A)).to_event(1)}
+    if opt.omega == "full":
+        out["L_corr"] = dist.LKJCholesky(F, concentration=opt.lkj_concentration)
+    if opt.covariate_names:
+        out["cov_beta"] = dist.Normal(jnp.zeros((len(opt.covariate_names), F)), 1.0).to_event(2)
+    if opt.error == "combined":
+        scale = opt.add_prior_scale if opt.add_prior_scale is not None else default_add_scale(problem)
+        out["sigma_add"] = dist.HalfNormal(jnp.asarray(scale)).to_event(1)
+    return out
+
+
 def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = False,
                   parameterisation: str = "noncentred", options: ModelOptions | None = None):
     """The NumPyro model. `cohort` adds a cohort-table likelihood (`cohort_tables.CohortLikelihood`).
@@ -131,18 +150,18 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
     if parameterisation not in PARAMETERISATIONS:
         raise UserError(f"parameterisation {parameterisation!r}: use one of {', '.join(PARAMETERISATIONS)}")
     opt = options or ModelOptions()
-    F, A = len(problem.free), max(1, len(problem.analytes))
-    log_theta = numpyro.sample("log_theta", dist.Normal(jnp.asarray(problem.log_ref), jnp.asarray(problem.prior_sd)).to_event(1))
-    omega = numpyro.sample("omega", dist.HalfNormal(problem.omega_prior * jnp.ones(F)).to_event(1))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(problem.sigma_prior * jnp.ones(A)).to_event(1))
+    F = len(problem.free)
+    priors = population_priors(problem, opt)
+    log_theta = numpyro.sample("log_theta", priors["log_theta"])
+    omega = numpyro.sample("omega", priors["omega"])
+    sigma = numpyro.sample("sigma", priors["sigma"])
     L = None
     if opt.omega == "full":
-        L = numpyro.sample("L_corr", dist.LKJCholesky(F, concentration=opt.lkj_concentration))
+        L = numpyro.sample("L_corr", priors["L_corr"])
         numpyro.deterministic("corr", L @ L.T)
     beta = None  # covariate effects (C, F)
     if opt.covariate_names:
-        C = len(opt.covariate_names)
-        beta = numpyro.sample("cov_beta", dist.Normal(jnp.zeros((C, F)), 1.0).to_event(2))
+        beta = numpyro.sample("cov_beta", priors["cov_beta"])
     if parameterisation == "centred":
         with numpyro.plate("patients", problem.n):
             if L is None:
@@ -169,8 +188,7 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
     y = jnp.asarray(problem.obs_logv)
     aidx = jnp.asarray(problem.obs_analyte)
     if opt.error == "combined":
-        scale = opt.add_prior_scale if opt.add_prior_scale is not None else default_add_scale(problem)
-        sigma_add = numpyro.sample("sigma_add", dist.HalfNormal(jnp.asarray(scale)).to_event(1))
+        sigma_add = numpyro.sample("sigma_add", priors["sigma_add"])
         pred = jnp.exp(mu)
         sd = jnp.sqrt(sigma_add[aidx] ** 2 + (sigma[aidx] * pred) ** 2)
         yn = jnp.exp(y)
