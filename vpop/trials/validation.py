@@ -235,14 +235,18 @@ EXTRA_POLICIES = {
 class Runner:
     """Simulates each arm once (n patients, one seed) and keeps its tables."""
 
-    def __init__(self, n: int, seed: int, progress: Callable[[str], None] | None = None):
+    def __init__(self, n: int, seed: int, progress: Callable[[str], None] | None = None,
+                 adjust: Callable | None = None):
         self.n, self.seed, self.progress = n, seed, progress
+        self.adjust = adjust  # (product, config) -> config: e.g. a calibration candidate's parameters
         self._cache: dict[Arm, tuple[pd.DataFrame, pd.DataFrame | None]] = {}
 
     def config(self, arm: Arm):
         from vpop.run.config import load_config
 
         cfg = load_config(arm.product)
+        if self.adjust is not None:
+            cfg = self.adjust(arm.product, cfg)
         policy = EXTRA_POLICIES[arm.policy]() if arm.policy in EXTRA_POLICIES else PRESETS[arm.policy]
         pop = cfg.population
         if arm.dose_per_kg is not None:
@@ -317,6 +321,29 @@ def analyte_peak_days(observations: pd.DataFrame, column: str = "il6_pg_ml") -> 
     return obs.loc[idx, "time_day"].to_numpy(float)
 
 
+def cohort_patients(t: Target, runner: Runner) -> pd.DataFrame | None:
+    """The virtual patients scored for a row: its cohort's arm, solver failures and the subset left out."""
+    spec = COHORTS.get(t.cohort)
+    if spec is None:
+        return None
+    patients, _ = runner.run(Arm(spec.product, spec.policy))
+    return patients[patients["_ok"].to_numpy() & subset_mask(patients, spec.subset)]
+
+
+def rate_count(t: Target, pts: pd.DataFrame) -> tuple[int, int]:
+    """(events, patients) of a rate row among the scored virtual patients."""
+    if t.endpoint == "neuro_grade3plus_preceded_by_crs":
+        from vpop.fitting.cohort_tables import SCALE_COLUMNS
+
+        col = SCALE_COLUMNS[t.scale][1]
+        severe = pts[pts[col] >= 3]
+        onset = severe[col.replace("max_grade", "onset_day")]
+        first = (severe["crs_onset_day"] <= onset).to_numpy()
+        return int(first.sum()), len(first)
+    ind = engine_indicator(pts, t)
+    return int(ind.sum()), len(ind)
+
+
 def score_row(t: Target, note: str, runner: Runner) -> dict:
     spec = COHORTS.get(t.cohort)
     row = {"cohort": t.cohort, "endpoint": t.endpoint, "scale": t.scale, "n": t.n, "published": t.value,
@@ -333,17 +360,7 @@ def score_row(t: Target, note: str, runner: Runner) -> dict:
     keep = patients["_ok"].to_numpy() & subset_mask(patients, spec.subset)
     pts = patients[keep]
     if t.is_rate:
-        if t.endpoint == "neuro_grade3plus_preceded_by_crs":
-            from vpop.fitting.cohort_tables import SCALE_COLUMNS
-
-            col = SCALE_COLUMNS[t.scale][1]
-            severe = pts[pts[col] >= 3]
-            onset = severe[col.replace("max_grade", "onset_day")]
-            first = (severe["crs_onset_day"] <= onset).to_numpy()
-            k, m = int(first.sum()), len(first)
-        else:
-            ind = engine_indicator(pts, t)
-            k, m = int(ind.sum()), len(ind)
+        k, m = rate_count(t, pts)
         sim = k / m if m else float("nan")
         slo, shi = wilson_interval(k, m)
         row.update(simulated=sim, sim_low=slo, sim_high=shi)
