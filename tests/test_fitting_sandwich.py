@@ -172,3 +172,17 @@ def test_sandwich_is_robust_to_heteroscedastic_error_where_the_hessian_is_not():
     h, s = np.mean(se_h, 0), np.mean(se_s, 0)
     assert abs(s[2] / spread[2] - 1) < 0.2, (s, spread)
     assert h[2] / spread[2] < 0.7, (h, spread)
+
+
+def test_cli_refuses_covariance_for_a_method_without_one(tmp_path, capsys):
+    """`--covariance` is a Laplace option: with --method svi it is refused before anything runs (exit 2,
+    no traceback, nothing written)."""
+    from vpop.cli import main
+
+    data = tmp_path / "d.csv"
+    data.write_text("ID,TIME,DV,DVID\n1,1.0,100,il6\n")
+    assert main(["fit", str(data), "--method", "svi", "--covariance", "sandwich", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--covariance sandwich" in err and "laplace" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
                         help="random-effect covariance: diagonal, or full (LKJ prior on the correlation)")
     parser.add_argument("--covariate-effects", default=None,
                         help="comma-separated covariates whose log-linear effects on the typical values are estimated")
+    parser.add_argument("--bov", default=None,
+                        help="comma-separated free parameters with between-occasion variability (occasions: the OCC "
+                             "column, else the courses opened by resets, EVID 3/4)")
     parser.add_argument("--error", choices=("log", "combined"), default="log",
                         help="residual error: log-normal, or combined additive + proportional")
     parser.add_argument("--npde-sims", type=int, default=100, help="simulated replicates for the NPDE")
@@ -108,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("steps", "chains", "warmup", "draws", "substeps", "virtual", "segment", "max_tree_depth", "npde_sims"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: got {getattr(args, name)}; allowed: an integer >= 1")
+    if args.covariance is not None and args.method != "laplace":
+        raise UserError(f"--covariance {args.covariance}: only for --method laplace (SVI and NUTS give draws)")
     if args.tau <= 0:
         raise UserError(f"--tau: got {args.tau}; allowed: > 0")
     if not 0 < args.target_accept < 1:
@@ -131,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
         names, x = (), None
         if args.covariate_effects:
             names, x = sm.covariate_design(data, config, [c.strip() for c in args.covariate_effects.split(",")])
-        options = sm.ModelOptions(omega=args.omega, covariate_names=names, covariate_x=x, error=args.error).check(problem)
+        bov = sm.bov_design(data, free, [c.strip() for c in args.bov.split(",")] if args.bov else ())
+        options = sm.ModelOptions(omega=args.omega, covariate_names=names, covariate_x=x, error=args.error,
+                                  **bov).check(problem)
         if args.check or not args.no_check:
             ident = identifiability.check_identifiability(problem, sigma=args.check_sigma)
             _say(args, ident.report())
@@ -151,8 +158,6 @@ def _run(args: argparse.Namespace) -> int:
         _say(args, f"cohort {targets[0].cohort}: setting surrogate thresholds with {args.virtual} virtual patients")
         # the trial's own course: the config's engine settings, policy and scales (not the time-course grid)
         cohort = cohort_tables.build_cohort_likelihood(config, targets, free, n_virtual=args.virtual, tau=args.tau)
-    if args.covariance is not None and args.method != "laplace":
-        raise UserError(f"--covariance {args.covariance}: only for --method laplace (SVI and NUTS give draws)")
     progress = not args.quiet  # periodic lines on stderr (also off a terminal)
     if args.method == "laplace":
         from vpop.fitting import laplace
@@ -294,9 +299,17 @@ def prediction_table(problem, fit, n_draws: int = 50, seed: int = 0, options=Non
     # random effects, residual error)
     sims = []
     a = np.asarray(problem.obs_analyte)
+    ob = flat("omega_bov") if "omega_bov" in fit.samples else None
     for _ in range(n_sims):
         i = int(rng.integers(len(lt)))
-        mu = np.asarray(f(lf_of(i, rng.standard_normal((problem.n, F)))))
+        znew = rng.standard_normal((problem.n, F))
+        if ob is not None:  # new subjects and occasions: the subject's z shared by its courses, plus BOV
+            from vpop.fitting.statistical_model import bov_effects
+
+            znew = np.asarray(bov_effects(options, jnp.asarray(om[i]), jnp.asarray(ob[i]),
+                                          rng.standard_normal((options.n_subjects, F)),
+                                          rng.standard_normal((options.n_occasions, len(options.bov)))))
+        mu = np.asarray(f(lf_of(i, znew)))
         sims.append(mu + sg[i][a] * rng.standard_normal(mu.shape))
     npde = diagnostics.npde(problem.obs_logv, np.asarray(sims), problem.obs_cens, rng)
     sig = np.median(sg, axis=0)

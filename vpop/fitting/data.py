@@ -91,10 +91,24 @@ class PatientData:
     dose_mg: list[np.ndarray]
     covariates: list[dict] = field(default_factory=list)  # given covariates per patient
     grades: dict[str, np.ndarray] = field(default_factory=dict)  # "crs"/"icans" -> int array, -1 missing
+    # per course: the subject (the file's ID; a reset's course `<ID>/2` belongs to subject ID) and its occasion
+    # (the OCC column, else the course's number within its subject); empty: every course its own subject
+    subjects: list = field(default_factory=list)
+    occasions: list = field(default_factory=list)
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def occasion_design(self) -> tuple[np.ndarray, np.ndarray]:
+        """(subject index (n,), occasion index (n,)) of every course: subjects numbered in file order, occasions
+        numbered over the distinct (subject, occasion) pairs (two courses with one OCC share an occasion)."""
+        subj = self.subjects if len(self.subjects) == self.n else list(self.ids)
+        occ = self.occasions if len(self.occasions) == self.n else [1] * self.n
+        s_index, o_index = {}, {}
+        si = np.array([s_index.setdefault(s, len(s_index)) for s in subj], dtype=np.int32)
+        oi = np.array([o_index.setdefault((s, o), len(o_index)) for s, o in zip(subj, occ)], dtype=np.int32)
+        return si, oi
 
     @property
     def t_max(self) -> float:
@@ -133,6 +147,26 @@ def _numeric(df, col, path, allow_missing=False):
         i = int(np.flatnonzero(bad.to_numpy())[0])
         _fail(path, i + 1, col, f"got {show_value(df[col].iloc[i])}; allowed: a number")
     return values.to_numpy(dtype=float)
+
+
+def _occasion(occ, a, b, course, path, pid):
+    """The occasion of the course in rows [a, b): its OCC (constant within the course), else its number.
+
+    The course has constant parameters, so an occasion cannot start inside one: occasions start at resets
+    (EVID 3/4: a new CAR-T infusion is the dose event that opens an occasion)."""
+    if occ is None:
+        return course
+    v = occ[a:b]
+    fin = v[np.isfinite(v)]
+    if not len(fin):
+        _fail(path, a + 1, "OCC", f"no occasion given for course {show_value(pid)}; allowed: an integer on its rows")
+    bad = np.flatnonzero(np.isfinite(v) & ((v != fin[0]) | (v != np.round(v))))
+    if len(bad) or fin[0] != round(fin[0]):
+        i = a + (int(bad[0]) if len(bad) else int(np.flatnonzero(np.isfinite(v))[0]))
+        _fail(path, i + 1, "OCC", f"got {show_value(occ[i])} in course {show_value(pid)} whose occasion is "
+              f"{show_value(fin[0])}; allowed: one integer per course (an occasion starts at a reset, EVID 3 or 4: "
+              "the course's parameters are constant)")
+    return int(fin[0])
 
 
 def read_patient_data(path, covariates_path=None) -> PatientData:
@@ -258,6 +292,7 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
                 _fail(path, i + 1, col.upper(), f"got {g[i]:g}; allowed: an integer grade 0-5")
             grade_vals[kind] = g
 
+    occ = None if "occ" not in df.columns else _numeric(df, "occ", path, allow_missing=True)
     data = PatientData(str(path), [], analytes, [], [], [], [], [], [], [], [], {})
     aidx = {k: j for j, k in enumerate(analytes)}
     grades = {kind: [] for kind in grade_vals}
@@ -267,6 +302,8 @@ def read_patient_data(path, covariates_path=None) -> PatientData:
         o = rows[obs_rows[a:b]]
         d = rows[dose_rows[a:b]]
         data.ids.append(ids_raw[a])
+        data.subjects.append(df["subject"].iloc[a])
+        data.occasions.append(_occasion(occ, a, b, int(df["course"].iloc[a]), path, ids_raw[a]))
         data.obs_time.append(time[o])
         data.obs_analyte.append(np.array([aidx[ANALYTES[names[i]]] for i in o], dtype=np.int32))
         data.obs_value.append(value[o])

@@ -99,6 +99,10 @@ def init_values(problem, cohort, options=None):
                 init["L_corr"] = jnp.eye(F)
             if options.covariate_names:
                 init["cov_beta"] = jnp.zeros((len(options.covariate_names), F))
+            if options.bov:
+                init["z_subject"] = jnp.zeros((options.n_subjects, F))
+                init["z_occasion"] = jnp.zeros((options.n_occasions, len(options.bov)))
+                init["omega_bov"] = 0.3 * jnp.ones(len(options.bov))
             if options.error == "combined":
                 from vpop.fitting.statistical_model import default_add_scale
 
@@ -108,12 +112,12 @@ def init_values(problem, cohort, options=None):
     return init
 
 
-POPULATION_SITES = ("log_theta", "omega", "sigma", "sigma_add", "cov_beta", "corr")
+POPULATION_SITES = ("log_theta", "omega", "sigma", "sigma_add", "cov_beta", "corr", "omega_bov")
 
 
 def keep_sites(name: str) -> bool:
     """Sites written to the posterior (not the observations, factors or the Cholesky factor)."""
-    return name in ("log_theta", "theta", "omega", "sigma", "sigma_add", "cov_beta", "corr", "z", "eta") or \
+    return name in ("log_theta", "theta", "omega", "sigma", "sigma_add", "cov_beta", "corr", "z", "eta", "omega_bov") or \
         name.endswith(("_beta", "_cutpoints"))
 
 

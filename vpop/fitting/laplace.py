@@ -42,7 +42,7 @@ from vpop.fitting.statistical_model import derived_sites
 from vpop.fitting.traced import POSITIVE_SITES, fast_path, fast_sites
 from vpop.fitting.unconstrained import Unconstrained
 
-PATIENT_SITES = ("z", "eta")
+PATIENT_SITES = ("z", "eta", "z_subject", "z_occasion")  # the random effects (BOV: subjects' and occasions')
 
 
 def value_and_grad(f):
@@ -125,14 +125,17 @@ def hessian(u: Unconstrained, x, h: float = 1e-4, n_patients: int | None = None,
 RANDOM_EFFECTS = ("integrated", "joint")
 
 
-def log_factors_of(problem, sites, covariate_x=None):
-    from vpop.fitting.statistical_model import individual_log_factors
+def log_factors_of(problem, sites, covariate_x=None, options=None):
+    from vpop.fitting.statistical_model import bov_effects, individual_log_factors
 
-    return individual_log_factors(problem, sites["log_theta"], sites["omega"], sites.get("z"), sites.get("L_corr"),
+    z = sites.get("z")
+    if "z_subject" in sites:
+        z = bov_effects(options, sites["omega"], sites["omega_bov"], sites["z_subject"], sites["z_occasion"])
+    return individual_log_factors(problem, sites["log_theta"], sites["omega"], z, sites.get("L_corr"),
                                   sites.get("cov_beta"), covariate_x, eta=sites.get("eta"))
 
 
-def frozen_information(problem, sites, covariate_x=None):
+def frozen_information(problem, sites, covariate_x=None, options=None):
     """(J, data weights, log predictions) of the correction, at the sites' values (`correction_value`).
 
     J (n, m, F) = d log pred / d log factor from one JVP per free parameter, all patients at once; the data
@@ -140,7 +143,7 @@ def frozen_information(problem, sites, covariate_x=None):
     M3 term log Phi(u)), times pred^2 for the combined error (its Jacobian is on the natural scale)."""
     from vpop.fitting.model import predictions
 
-    lf = log_factors_of(problem, sites, covariate_x)
+    lf = log_factors_of(problem, sites, covariate_x, options)
 
     def at_obs(v):
         return predictions(problem, v)[0]
@@ -173,15 +176,21 @@ def correction_value(problem, sites, frozen, centred: bool):
     return jnp.sum(correction_terms(problem, sites, frozen, centred))
 
 
-def correction_terms(problem, sites, frozen, centred: bool):
-    """Patient i's term of `correction_value`, (n,)."""
+def information(problem, sites, frozen):
+    """G_i = sum_j w_ij J_ij J_ij' (n, F, F): each course's information about its log factors (frozen J)."""
     J, c, mu = frozen
     a = jnp.asarray(problem.obs_analyte)
     if "sigma_add" in sites:
         var = sites["sigma_add"][a] ** 2 + (sites["sigma"][a] * jnp.exp(mu)) ** 2
     else:
         var = sites["sigma"][a] ** 2
-    G = jnp.einsum("nm,nmf,nmg->nfg", c / var, J, J)
+    return jnp.einsum("nm,nmf,nmg->nfg", c / var, J, J)
+
+
+def correction_terms(problem, sites, frozen, centred: bool):
+    """Patient i's term of `correction_value`, (n,)."""
+    J = frozen[0]
+    G = information(problem, sites, frozen)
     F = J.shape[-1]
     A = jnp.diag(sites["omega"]) if sites.get("L_corr") is None else sites["omega"][:, None] * sites["L_corr"]
     M = jnp.eye(F) + jnp.einsum("fg,nfh,hk->ngk", A, G, A)
@@ -189,6 +198,26 @@ def correction_terms(problem, sites, frozen, centred: bool):
     if centred:
         out = out - jnp.linalg.slogdet(A)[1]
     return out
+
+
+def correction_bov(problem, sites, frozen, options):
+    """`correction_value` with between-occasion variability: 0.5 log det(I + sum_c D_c' G_c D_c) over all random
+    effects r = (z_subject, z_occasion), D_c = d log factor_c / d r (omega on the course's subject's z, omega_bov on
+    its occasion's z, in the BOV columns). The courses of one subject share its z, so the integral is over each
+    subject's z and its occasions' together (block-diagonal by subject; taken densely, which is cheap at the
+    sizes fitted)."""
+    J = frozen[0]
+    G = information(problem, sites, frozen)
+    n, F = J.shape[0], J.shape[-1]
+    S, Q, B = options.n_subjects, options.n_occasions, len(options.bov)
+    subj = jax.nn.one_hot(jnp.asarray(options.subject), S)  # (n, S)
+    occ = jax.nn.one_hot(jnp.asarray(options.occasion), Q)  # (n, Q)
+    Dz = jnp.einsum("f,ns,fg->nfsg", sites["omega"], subj, jnp.eye(F)).reshape(n, F, S * F)
+    sel = jnp.zeros((F, B)).at[jnp.asarray(options.bov_columns), jnp.arange(B)].set(1.0)  # (F, B)
+    Dk = jnp.einsum("b,nq,fb->nfqb", sites["omega_bov"], occ, sel).reshape(n, F, Q * B)
+    D = jnp.concatenate([Dz, Dk], axis=-1)
+    M = jnp.eye(S * F + Q * B) + jnp.einsum("nfr,nfg,ngs->rs", D, G, D)
+    return 0.5 * jnp.linalg.slogdet(M)[1]
 
 
 COVARIANCES = ("hessian", "sandwich")
@@ -359,13 +388,19 @@ def objective(problem, cohort, options, parameterisation: str, integrate: bool, 
     def sites_of(x):
         return u.constrain_tree(u.unravel(x))
 
+    bov = options is not None and bool(options.bov)
+
     def f(y, *a):
         out = u.potential(y)
-        return out + correction_value(problem, sites_of(y), a[0], centred) if a else out
+        if not a:
+            return out
+        if bov:
+            return out + correction_bov(problem, sites_of(y), a[0], options)
+        return out + correction_value(problem, sites_of(y), a[0], centred)
 
     freeze = None
     if problem is not None:
-        freeze = jax.jit(lambda x: frozen_information(problem, sites_of(x), cov_x))
+        freeze = jax.jit(lambda x: frozen_information(problem, sites_of(x), cov_x, options))
     return Objective(u, value_and_grad(f), freeze, u.constrain, u.unravel, sites_of, priors)
 
 
@@ -441,11 +476,13 @@ def run_laplace(problem, cohort=None, draws: int = 1000, seed: int = 0, progress
     else:
         args = ()
         x, losses, info = find_map(space, max_iter=max_iter, progress=progress, vg=vg)
-    robust = integrate and obj.priors is not None
+    bov = options is not None and bool(options.bov)
+    robust = integrate and obj.priors is not None and not bov  # BOV: a subject's courses share its scores
     if covariance == "sandwich" and not robust:
         raise UserError("--covariance sandwich: needs patient time courses with the random effects integrated "
-                        "(not grades, a cohort table or the joint mode); use --covariance hessian")
-    H = hessian(space, x, n_patients=problem.n if problem is not None else None, dense=dense_hessian, args=args, vg=vg)
+                        "(not grades, a cohort table, BOV or the joint mode); use --covariance hessian")
+    H = hessian(space, x, n_patients=problem.n if problem is not None else None, dense=dense_hessian or bov,
+                args=args, vg=vg)
     warnings = []
     eig, vec = np.linalg.eigh(H)
     if not info["converged"]:

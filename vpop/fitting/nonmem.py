@@ -90,10 +90,13 @@ def prepare(df: pd.DataFrame, evid, time, path, covariate_columns=()):
     """Resets become new courses (ID and TIME rewritten), covariates are carried forward.
 
     Returns (df, time): the same rows in the same order (error messages keep their row
-    numbers); `df["id"]` and `time` rewritten for rows after a reset.
+    numbers); `df["id"]` and `time` rewritten for rows after a reset; `df["subject"]` the
+    original ID and `df["course"]` the course's number within it (1, 2, ...).
     """
     df = df.copy()
+    df["subject"] = df["id"]  # the file's ID: the subject whose occasions the courses are
     ids = df["id"].to_numpy(dtype=object).copy()
+    courses = np.ones(len(df), dtype=int)
     time = np.asarray(time, dtype=float).copy()
     starts = [0] + [i for i in range(1, len(df)) if df["id"].iloc[i] != df["id"].iloc[i - 1]] + [len(df)]
     for a, b in zip(starts[:-1], starts[1:]):
@@ -103,6 +106,7 @@ def prepare(df: pd.DataFrame, evid, time, path, covariate_columns=()):
                 course, origin = course + 1, time[i]
             elif evid[i] in (3, 4):
                 origin = time[i]
+            courses[i] = course
             if course > 1:
                 ids[i] = f"{ids[i]}/{course}"
             time[i] = time[i] - origin
@@ -111,6 +115,7 @@ def prepare(df: pd.DataFrame, evid, time, path, covariate_columns=()):
                 v = pd.to_numeric(df[c].iloc[a:b], errors="coerce")
                 df.loc[df.index[a:b], c] = v.ffill().bfill().to_numpy()
     df["id"] = ids
+    df["course"] = courses
     return df, time
 
 

@@ -57,6 +57,18 @@ class ModelOptions:
     covariate_x: np.ndarray | None = None  # (n, C) centred covariates
     error: str = "log"
     add_prior_scale: np.ndarray | None = None  # (A,) HalfNormal scale of the additive SD, combined error only
+    bov: tuple = ()  # free parameters with between-occasion variability (`bov_design`)
+    bov_columns: np.ndarray | None = None  # (B,) their columns among the free parameters
+    subject: np.ndarray | None = None  # (n,) subject index of every course (BOV only)
+    occasion: np.ndarray | None = None  # (n,) occasion index of every course, over all subjects (BOV only)
+
+    @property
+    def n_subjects(self) -> int:
+        return int(np.max(self.subject)) + 1 if self.bov else 0
+
+    @property
+    def n_occasions(self) -> int:
+        return int(np.max(self.occasion)) + 1 if self.bov else 0
 
     def check(self, problem) -> "ModelOptions":
         if self.omega not in OMEGA_STRUCTURES:
@@ -67,6 +79,18 @@ class ModelOptions:
             raise UserError(f"--error {self.error!r}: use one of {', '.join(ERROR_MODELS)}")
         if self.covariate_names and (self.covariate_x is None or self.covariate_x.shape != (problem.n, len(self.covariate_names))):
             raise UserError("covariate effects: the design matrix does not match the patients")
+        if self.bov:
+            bad = [f for f in self.bov if f not in problem.free]
+            if bad:
+                raise UserError(f"--bov {','.join(bad)}: not free parameters; allowed: {', '.join(problem.free)}")
+            if self.subject is None or self.occasion is None or len(self.subject) != problem.n or \
+                    list(self.bov_columns) != [list(problem.free).index(f) for f in self.bov]:
+                raise UserError("--bov: the occasion design does not match the patients")
+            if self.omega == "full":
+                raise UserError("--bov with --omega full: not supported; use --omega diag")
+            if self.n_occasions == self.n_subjects:
+                raise UserError("--bov: every subject has one occasion, so between-occasion variability cannot be "
+                                "told from between-subject variability; occasions come from resets (EVID 3/4) or OCC")
         return self
 
 
@@ -93,6 +117,20 @@ def covariate_design(data, config, names) -> tuple[tuple, np.ndarray]:
     return names, (np.stack(cols, axis=1) if cols else np.zeros((data.n, 0)))
 
 
+def bov_design(data, free, names) -> dict:
+    """The ModelOptions fields of between-occasion variability on the free parameters `names`: the subject and
+    occasion of every course (`PatientData.occasion_design`). Empty `names`: no BOV (the model unchanged)."""
+    names = tuple(names)
+    if not names:
+        return {}
+    bad = [f for f in names if f not in free]
+    if bad:
+        raise UserError(f"--bov {','.join(bad)}: not free parameters; allowed: {', '.join(free)}")
+    subject, occasion = data.occasion_design()
+    return {"bov": names, "bov_columns": np.array([list(free).index(f) for f in names], np.int32),
+            "subject": subject, "occasion": occasion}
+
+
 def default_add_scale(problem) -> np.ndarray:
     """Per-analyte median of the observed values: the scale of the additive-error prior."""
     y = np.exp(np.asarray(problem.obs_logv))
@@ -102,9 +140,19 @@ def default_add_scale(problem) -> np.ndarray:
                      for j in range(max(1, len(problem.analytes)))])
 
 
+def bov_effects(opt: ModelOptions, omega, omega_bov, z_subject, z_occasion):
+    """Per-course standardised random effects z (n, F) of the BOV model: omega z_c = omega z_s(c) + kappa_c,
+    kappa_c = omega_bov z_occasion(c) on the BOV parameters (zero on the others). Written as z so that everything
+    downstream (predictions, shrinkage, NPDE) reads a course's total random effect as without BOV."""
+    z = jnp.asarray(z_subject)[..., jnp.asarray(opt.subject), :]
+    kappa = jnp.zeros_like(z).at[..., jnp.asarray(opt.bov_columns)].set(
+        omega_bov[..., None, :] * jnp.asarray(z_occasion)[..., jnp.asarray(opt.occasion), :])
+    return z + kappa / omega[..., None, :]
+
+
 def individual_log_factors(problem, log_theta, omega, z, L_corr=None, cov_beta=None, x=None, eta=None):
     """log theta_i - log theta_ref of every patient (n, F) from the population parameters and z ~ N(0, I)
-    (or the random effects `eta` themselves, centred form)."""
+    (or the random effects `eta` themselves, centred form; with BOV, z from `bov_effects`)."""
     shift = log_theta - jnp.asarray(problem.log_ref)
     if eta is None:
         eta = omega * (z if L_corr is None else z @ jnp.swapaxes(L_corr, -1, -2))
@@ -130,6 +178,8 @@ def population_priors(problem: FitProblem, opt: ModelOptions) -> dict:
     if opt.error == "combined":
         scale = opt.add_prior_scale if opt.add_prior_scale is not None else default_add_scale(problem)
         out["sigma_add"] = dist.HalfNormal(jnp.asarray(scale)).to_event(1)
+    if opt.bov:
+        out["omega_bov"] = dist.HalfNormal(problem.omega_prior * jnp.ones(len(opt.bov))).to_event(1)
     return out
 
 
@@ -162,6 +212,8 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
     beta = None  # covariate effects (C, F)
     if opt.covariate_names:
         beta = numpyro.sample("cov_beta", priors["cov_beta"])
+    if opt.bov and parameterisation == "centred":
+        raise UserError("--bov: only with the non-centred parameterisation (--parameterisation noncentred)")
     if parameterisation == "centred":
         with numpyro.plate("patients", problem.n):
             if L is None:
@@ -172,6 +224,14 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
                 z = jnp.linalg.solve(L, (eta / omega).T).T
         numpyro.deterministic("z", z)
         log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x, eta=eta)
+    elif opt.bov:  # subjects' random effects, and each occasion's on the BOV parameters (non-centred)
+        omega_bov = numpyro.sample("omega_bov", priors["omega_bov"])
+        with numpyro.plate("subjects", opt.n_subjects):
+            z_subject = numpyro.sample("z_subject", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
+        with numpyro.plate("occasions", opt.n_occasions):
+            z_occasion = numpyro.sample("z_occasion", dist.Normal(jnp.zeros(len(opt.bov)), 1.0).to_event(1))
+        z = numpyro.deterministic("z", bov_effects(opt, omega, omega_bov, z_subject, z_occasion))
+        log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x)
     else:
         with numpyro.plate("patients", problem.n):
             z = numpyro.sample("z", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
@@ -218,12 +278,15 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         cohort.add_likelihood(log_theta, jnp.asarray(problem.log_ref), problem.free)
 
 
-def derived_sites(samples: dict) -> dict:
-    """Add the model's deterministic sites (theta, z of the centred form, corr) to draws of its latent sites.
+def derived_sites(samples: dict, options: ModelOptions | None = None) -> dict:
+    """Add the model's deterministic sites (theta, z of the centred form or of BOV, corr) to draws of its latent
+    sites.
 
     Works on any leading draw axes; used where draws come from the unconstrained space (Laplace, NUTS).
     """
     out = dict(samples)
+    if "z_subject" in out and options is not None and options.bov:
+        out["z"] = bov_effects(options, out["omega"], out["omega_bov"], out["z_subject"], out["z_occasion"])
     if "log_theta" in out:
         out["theta"] = jnp.exp(out["log_theta"])
     L = out.get("L_corr")

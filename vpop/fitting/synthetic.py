@@ -21,23 +21,42 @@ from vpop.fitting.data import ANALYTES, PatientData, write_patient_data
 
 def simulate_dataset(config, n: int, free, theta_true: dict, omega_true: dict, sigma: float, times, analytes,
                      seed: int = 0, lloq: dict | None = None, settings: fm.GridSettings = fm.GridSettings(),
-                     path=None, grades: bool = False):
-    """Returns (PatientData, truth dict). Writes the long CSV to `path` if given."""
+                     path=None, grades: bool = False, occasions: int = 1, omega_bov: dict | None = None):
+    """Returns (PatientData, truth dict). Writes the long CSV to `path` if given.
+
+    `occasions` > 1: n subjects with that many courses each (ids `<s>`, `<s>/2`, ... as resets give them;
+    subjects and occasions recorded), a course's log factor omega z_s + omega_bov k_c on the parameters of
+    `omega_bov` (between-occasion variability), the subject's covariates on every course."""
     rng = np.random.default_rng(seed)
     free = fm.check_free(free)
     keys = [ANALYTES[a] for a in analytes]
     sampler_cov = _covariates(config, n, seed)
     times = np.asarray(times, dtype=float)
     m = len(times) * len(keys)
-    data = PatientData("<simulated>", list(range(1, n + 1)), tuple(keys),
+    subjects = np.repeat(np.arange(1, n + 1), occasions)
+    occ = np.tile(np.arange(1, occasions + 1), n)
+    ids = [f"{s}" if k == 1 else f"{s}/{k}" for s, k in zip(subjects, occ)]
+    if occasions > 1:
+        if path is not None:
+            raise ValueError("simulate_dataset: occasions > 1 is not written to a file")
+        sampler_cov = [sampler_cov[s - 1] for s in subjects]
+        n_subjects, n = n, n * occasions
+    data = PatientData("<simulated>", ids if occasions > 1 else list(range(1, n + 1)), tuple(keys),
                        [np.repeat(times, len(keys)) for _ in range(n)],
                        [np.tile(np.arange(len(keys)), len(times)).astype(np.int32) for _ in range(n)],
                        [np.ones(m) for _ in range(n)], [np.zeros(m, bool) for _ in range(n)],
                        [np.zeros(0)] * n, [np.zeros(0, np.int32)] * n, [np.zeros(0)] * n, sampler_cov, {})
     fine = replace(settings, substeps=settings.substeps * 3)
     prob = fm.build_problem(data, config, free, fine, days=float(times.max()))
-    z = rng.standard_normal((n, len(free)))
     omega = np.array([omega_true[f] for f in free])
+    if occasions > 1:
+        data.subjects, data.occasions = subjects.tolist(), occ.tolist()
+        z_subject = rng.standard_normal((n_subjects, len(free)))
+        ob = np.array([(omega_bov or {}).get(f, 0.0) for f in free])
+        kappa = ob * rng.standard_normal((n, len(free)))
+        z = z_subject[subjects - 1] + kappa / omega
+    else:
+        z = rng.standard_normal((n, len(free)))
     log_factor = np.log([theta_true[f] for f in free]) - prob.log_ref + omega * z
     mu, sev, _ = jax.jit(lambda lf: fm.predictions(prob, lf))(jnp.asarray(log_factor))
     mu = np.asarray(mu)

@@ -122,4 +122,5 @@ def fast_sites(problem, params):
 def fast_path(problem, cohort, options) -> bool:
     """The default model on time courses without grades: its posterior compiles once per design (`vpop.fitting.traced`)."""
     return (problem is not None and cohort is None and not problem.grades
-            and (options is None or (options.omega == "diag" and not options.covariate_names and options.error == "log")))
+            and (options is None or (options.omega == "diag" and not options.covariate_names and options.error == "log"
+                                     and not options.bov)))

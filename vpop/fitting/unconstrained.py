@@ -29,6 +29,7 @@ class Unconstrained:
         trace = info.model_trace
         self.transforms = {k: biject_to(trace[k]["fn"].support) for k in self.tree0}
         self.sizes = {k: int(jnp.size(v)) for k, v in self.tree0.items()}
+        self.options = kwargs.get("options")  # the derived sites of BOV need its occasion design
 
     @property
     def dim(self) -> int:
@@ -51,4 +52,4 @@ class Unconstrained:
     def constrain(self, xs) -> dict:
         """(draws, D) unconstrained -> constrained sites and the derived ones (theta, z, corr)."""
         out = jax.jit(jax.vmap(lambda x: self.constrain_tree(self.unravel(x))))(jnp.asarray(xs))
-        return derived_sites(out)
+        return derived_sites(out, self.options)
