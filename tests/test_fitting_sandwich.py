@@ -186,3 +186,25 @@ def test_cli_refuses_covariance_for_a_method_without_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--covariance sandwich" in err and "laplace" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_sandwich_scores_match_the_course_gradient_with_every_model_option(default_config):
+    """Combined error, a covariate effect and a full omega (the NumPyro path, not the fast one), censored IL-6:
+    the patients' scores plus the prior's gradient equal the objective's gradient through the course (the
+    sandwich's likelihood and priors are the model's for every option)."""
+    from vpop.fitting import model as fm
+    from vpop.fitting import synthetic
+    from vpop.fitting.statistical_model import covariate_design
+
+    free = ("car_prolif_max", "crp_max")
+    data, _ = synthetic.simulate_dataset(default_config, 6, free, {"car_prolif_max": 1.3, "crp_max": 250.0},
+                                         {"car_prolif_max": 0.15, "crp_max": 0.2}, 0.2, times=[1, 2, 3, 5, 7],
+                                         analytes=["car_t", "crp", "il6"], seed=3, lloq={"il6": 50.0})
+    problem = fm.build_problem(data, default_config, free, fm.GridSettings(substeps=1), use_grades=False)
+    names, x = covariate_design(data, default_config, ["weight_kg"])
+    opts = ModelOptions(omega="full", covariate_names=names, covariate_x=x, error="combined").check(problem)
+    fit = laplace.run_laplace(problem, options=opts, covariance="sandwich")
+    d = fit.diagnostics
+    assert d["score_gradient_mismatch"] < 1e-6, d["score_gradient_mismatch"]
+    assert set(d["se_log_sandwich"]) == set(free)
