@@ -26,7 +26,9 @@ def test_laplace_coverage_does_not_collapse_on_engine_data(tmp_path):
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(out)
-    assert set(df["parameter"]) == {"car_prolif_max", "crp_max"} and len(df) == 12 * 2 * 2
+    # laplace gives two rows per parameter and fit (the Hessian's and the sandwich's interval), laplace-joint one
+    assert set(df["parameter"]) == {"car_prolif_max", "crp_max"} and len(df) == 12 * 2 * 3
+    assert set(df["method"]) == {"laplace", "laplace-sandwich", "laplace-joint"}
     assert df["truth"].nunique() == 24  # truths drawn per replicate, not fixed
     assert (df["patients_with_doses"] > 0).any()  # the engine's management reached the data
     lap = df[df["method"] == "laplace"]

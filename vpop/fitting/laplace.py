@@ -224,7 +224,10 @@ COVARIANCES = ("hessian", "sandwich")
 
 
 def default_covariance(problem, cohort=None) -> str:
-    """The covariance `vpop fit` uses unless told: (decided from the coverage study, docs/fitting.md)."""
+    """The covariance `vpop fit` uses unless told: the inverse Hessian. In the coverage study on engine data
+    (docs/fitting.md) the sandwich's SEs were within ~10 % of it (median ratio 0.98-1.10) and covered the same
+    replicates to within one in 50, while it is undefined with grades, cohort tables and BOV and noisier with
+    few patients; it is reported beside the Hessian's in every fit as a misspecification check."""
     return "hessian"
 
 
