@@ -146,3 +146,17 @@ def test_laplace_recovers_a_known_between_occasion_variance_on_the_course(defaul
     assert fit.samples["z"].shape[-2:] == (24, 2)
     plain = laplace.run_laplace(problem)
     assert np.median(plain.samples["omega"].reshape(-1, 2), 0)[0] > 0.25
+
+
+def test_omega_bov_is_named_in_the_posterior_and_the_convergence_table():
+    """The BOV SDs carry their parameters' names into posterior.nc and convergence.csv (not omega_bov[0])."""
+    from vpop.fitting.diagnostics import convergence_table
+    from vpop.fitting.infer import FitResult, to_inferencedata
+
+    rng = np.random.default_rng(0)
+    free = ("car_prolif_max", "crp_max")
+    samples = {"log_theta": rng.normal(size=(2, 50, 2)), "omega": rng.uniform(0.1, 0.3, (2, 50, 2)),
+               "omega_bov": rng.uniform(0.2, 0.5, (2, 50, 1)), "sigma": rng.uniform(0.1, 0.3, (2, 50, 1))}
+    fit = FitResult("nuts", free, samples, 1.0, bov=("crp_max",))
+    idata = to_inferencedata(fit, SimpleNamespace(analytes=("il6_pg_ml",), ids=[1, 2]))
+    assert "omega_bov[crp_max]" in convergence_table(idata)["variable"].tolist()

@@ -183,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
                              dense_mass=args.dense_mass, init=args.init, init_values_override=start,
                              options=options, segment=args.segment, save_dir=out, resume=args.resume)
     fit.covariates = tuple(options.covariate_names) if options is not None else ()
-    if options is not None and options.covariate_names:
+    fit.bov = tuple(options.bov) if options is not None else ()
+    if options is not None and (options.covariate_names or options.bov):
         fit.idata = infer.to_inferencedata(fit, problem, **_stats_of(fit.idata))
     out.mkdir(parents=True, exist_ok=True)
     fit.idata.to_netcdf(str(out / "posterior.nc"), engine="h5netcdf")

@@ -61,7 +61,7 @@ def write_sampler_stats(folder: Path, idata) -> None:
         pd.DataFrame({"chain": np.arange(len(e)), "ebfmi": e}).to_csv(folder / "ebfmi.csv", index=False)
 
 
-def convergence_table(idata, var_names=("log_theta", "omega", "sigma", "sigma_add", "cov_beta")) -> pd.DataFrame:
+def convergence_table(idata, var_names=("log_theta", "omega", "omega_bov", "sigma", "sigma_add", "cov_beta")) -> pd.DataFrame:
     import arviz as az
 
     names = [v for v in var_names if v in idata.posterior]

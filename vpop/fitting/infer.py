@@ -45,6 +45,7 @@ class FitResult:
     losses: np.ndarray | None = None
     idata: object = None
     covariates: tuple = ()  # names of estimated covariate effects (rows of cov_beta)
+    bov: tuple = ()  # names of the parameters with between-occasion variability (entries of omega_bov)
 
     def theta_draws(self) -> np.ndarray:
         """(chains * draws, F) draws of the typical values."""
@@ -350,6 +351,9 @@ def to_inferencedata(fit: FitResult, problem: FitProblem | None, diverging=None,
         if "cov_beta" in fit.samples and fit.covariates:
             coords["covariate"] = list(fit.covariates)
             dims["cov_beta"] = ["covariate", "param"]
+        if "omega_bov" in fit.samples and fit.bov:
+            coords["bov_param"] = list(fit.bov)
+            dims["omega_bov"] = ["bov_param"]
     posterior = {k: v for k, v in fit.samples.items()}
     sample_stats = {}
     if diverging is not None:
