@@ -63,6 +63,27 @@ def load_theta_draws(path) -> dict[str, np.ndarray]:
     return {name: values[:, j] for j, name in enumerate(names)}
 
 
+def calibration_posterior(preset: str) -> dict[str, np.ndarray]:
+    """The joint calibration's draws of a product preset's constants (scripts/calibrate_joint.py)."""
+    from vpop.data import data_path
+
+    file = data_path(f"calibration/{preset}.nc")
+    if not file.is_file():
+        raise DataError(f"{file}: no calibration posterior for preset {preset!r}; run scripts/calibrate_joint.py")
+    return load_theta_draws(file)
+
+
+def calibration_digest() -> str:
+    """A content hash of every shipped calibration posterior."""
+    from vpop.data import data_path
+
+    h = hashlib.sha1()
+    for file in sorted(data_path("calibration").glob("*.nc")):
+        h.update(file.name.encode())
+        h.update(file.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def pick_draws(draws: dict[str, np.ndarray], k: int, seed: int = 0) -> list[dict[str, float]]:
     """k posterior draws (without replacement when there are enough) as parameter overrides."""
     n = len(next(iter(draws.values())))

@@ -1,0 +1,107 @@
+"""The joint calibration (issue 12 §3): emulator, hierarchical posterior, coverage, what the presets ship."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vpop.trials import joint_calibration as jc
+
+jax = pytest.importorskip("jax")
+
+
+def test_quadratic_features_are_one_linear_and_every_product_once():
+    x = np.array([[2.0, 3.0]])
+    np.testing.assert_allclose(jc.quadratic_features(x), [[1, 2, 3, 4, 6, 9]])
+    assert jc.quadratic_features(np.zeros((1, jc.N_INPUTS))).shape == (1, 15)
+    np.testing.assert_allclose(np.asarray(jc.quadratic_features(jax.numpy.asarray(x))), jc.quadratic_features(x))
+
+
+def test_emulator_recovers_a_known_quadratic_logit():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.6, 0.6, size=(40, jc.N_INPUTS))
+    true = rng.normal(0, 0.5, size=15)
+    true[0] = -1.0
+    p = 1 / (1 + np.exp(-jc.quadratic_features(x) @ true))
+    n = np.full((40, 1), 2e6)
+    em = jc.fit_emulator(x, rng.binomial(n.astype(np.int64), p[:, None]).astype(float), n)
+    np.testing.assert_allclose(em.coef[0], true, atol=0.02)
+    assert em.loo_rmse[0] < 0.01
+    # and the leave-one-out error sees a surface the quadratic cannot follow
+    bumpy = 1 / (1 + np.exp(-(np.sin(6 * x[:, 0]) * 2)))
+    em2 = jc.fit_emulator(x, rng.binomial(n.astype(np.int64), bumpy[:, None]).astype(float), n)
+    assert em2.loo_rmse[0] > 10 * em.loo_rmse[0]
+
+
+def test_effects_come_from_what_each_preset_declares():
+    from vpop.run.config import load_config
+
+    assert jc.product_effects(load_config("axicel")) == (1.0, 0.0, 0.0)
+    assert jc.product_effects(load_config("lisocel")) == (0.0, 0.0, 0.0)
+    assert jc.product_effects(load_config("idecel")) == (0.0, 1.0, 0.0)
+    assert jc.product_effects(load_config("tisacel_ball")) == (0.0, 0.0, 1.0)
+
+
+def test_a_calibration_point_scales_only_the_sensitivities():
+    from vpop.run.config import load_config
+
+    cfg = load_config("axicel")
+    out = jc.with_inputs(cfg, {"leak_rate": 0.123}, 2.0)
+    assert out.parameters["leak_rate"] == 0.123
+    for k, v in cfg.population.omega.items():
+        assert out.population.omega[k] == pytest.approx(v * 2.0 if k in jc.SENSITIVITIES else v)
+
+
+def _synthetic(truth_phi, log_scale, n_trial=20000):
+    """Two presets (one with the CD28 effect), four rows each (eight counts for seven unknowns); a linear
+    logit in every input."""
+    rng = np.random.default_rng(3)
+    centre = np.array([[0.0, 0.0, 0.0, 0.0], [0.2, -0.1, 0.1, 0.0]])
+    coef = np.zeros((8, 15))
+    coef[:, 0] = [-1.0, -2.0, 0.0, 0.7, -1.5, 0.5, -0.5, -2.5]
+    for r in range(8):
+        coef[r, 1:5] = rng.normal(0, 1.5, size=4)
+    data = jc.PosteriorData(jax.numpy.asarray(coef), jax.numpy.asarray([0, 0, 0, 0, 1, 1, 1, 1]),
+                            jax.numpy.asarray(centre), jax.numpy.asarray([0.6, 0.6, 0.6, 0.35]),
+                            jax.numpy.asarray([[1.0, 0, 0], [0, 0, 0]]), jax.numpy.full(8, float(n_trial)))
+    logits, _ = jc.emulated_logits(data, jax.numpy.asarray(truth_phi), jax.numpy.asarray(log_scale))
+    counts = np.round(n_trial / (1 + np.exp(-np.asarray(logits))))  # the expected counts: no noise
+    return data, counts
+
+
+@pytest.mark.slow
+def test_posterior_recovers_known_constants_from_rich_tables():
+    jax.config.update("jax_enable_x64", True)
+    truth = np.array([[0.2, -0.2, 0.1], [0.0, 0.2, -0.1]])
+    data, counts = _synthetic(truth, 0.1)
+    post = jc.sample_posterior(data, counts, warmup=300, draws=300, chains=1, seed=1)
+    np.testing.assert_allclose(np.median(post.phi, axis=0), truth, atol=0.05)
+    assert abs(np.median(post.log_iiv_scale) - 0.1) < 0.05
+    assert post.diagnostics["divergences"] < 15
+
+
+def test_the_design_box_confines_the_posterior():
+    """A table that wants a value far outside the box gets the box's edge, not an extrapolated surface."""
+    jax.config.update("jax_enable_x64", True)
+    truth = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # 2.0 is far outside the +-0.6 box
+    data, counts = _synthetic(truth, 0.0, n_trial=2000)
+    post = jc.sample_posterior(data, counts, warmup=150, draws=150, chains=1, seed=2)
+    assert np.quantile(post.phi[:, 0, 0], 0.95) < 0.6 + 0.1
+
+
+def test_shipped_presets_carry_the_joint_posterior_medians():
+    """The blocks, the stored result and the posterior files agree, and the files load for sweeps."""
+    import json
+    from pathlib import Path
+
+    from vpop.fitting.posterior import load_theta_draws
+    from vpop.trials.calibration_blocks import block_values
+
+    root = Path(__file__).resolve().parents[1]
+    stored = json.loads((root / "docs" / "calibration.json").read_text())
+    for preset, values in stored["values"].items():
+        block = block_values((root / "vpop" / "configs" / f"{preset}.yaml").read_text())
+        assert block == pytest.approx(values, rel=1e-5), preset
+        draws = load_theta_draws(root / "vpop" / "data" / "calibration" / f"{preset}.nc")
+        for k, v in values.items():
+            assert np.median(draws[k]) == pytest.approx(v, rel=1e-6), (preset, k)
