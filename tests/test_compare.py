@@ -123,3 +123,35 @@ def test_unpaired_tables_are_refused():
     from vpop.errors import UserError
     with pytest.raises(UserError, match="same patients"):
         compare.compare_endpoints({"a": a, "b": b})
+
+
+def test_posterior_differences_carry_the_parameters_uncertainty(default_config, tmp_path):
+    """Two very different leak rates in the posterior: the paired difference between no management and
+    ASCO 2021 moves with them, so its interval with parameter uncertainty is wider than the sampling one."""
+    from test_posterior import write_posterior
+
+    from vpop.fitting.posterior import load_theta_draws
+
+    leak = default_config.parameters.get("leak_rate", 0.5)
+    write_posterior(tmp_path / "fit", {"leak_rate": np.repeat([0.4 * leak, 2.5 * leak], 4)})
+    posterior = {"draws": load_theta_draws(tmp_path / "fit"), "k": 2, "n": 300}
+    cmp = compare.compare_policies(small_config(default_config), ["none", "asco2021"], n=N, seed=3,
+                                   posterior={**posterior, "n": N})
+    assert cmp.posterior_draws == 2
+    row = cmp.differences.set_index("endpoint").loc["CRS grade >= 3 (astct)"]
+    assert row["post_low"] <= row["post_difference"] <= row["post_high"]
+    assert row["post_high"] - row["post_low"] > 1.5 * (row["wald_high"] - row["wald_low"])
+
+
+def test_compare_cli_with_the_calibration_posterior(capsys, tmp_path):
+    from vpop.cli.main import main
+
+    assert main(["compare", "--policies", "none,asco2021", "--n", "60", "--posterior", "calibration", "--draws", "2",
+                 "--draws-n", "60", "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "with parameter uncertainty (95%)" in out and "2 posterior draws" in out
+    diff = pd.read_csv(tmp_path / "cmp" / "differences.csv")
+    assert {"post_difference", "post_low", "post_high"} <= set(diff.columns)
+    assert main(["compare", "--policies", "none,asco2021", "--posterior", "calibration", "--draws", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--draws: got 1; allowed: an integer >= 2" in err and "Traceback" not in err

@@ -231,3 +231,24 @@ def test_sweep_posterior_errors_name_the_field(tmp_path, small_config_file):
     write_posterior(tmp_path / "fit", {"car_prolif_max": np.ones(4)})
     with pytest.raises(ConfigError, match=r"posterior\.draws: got 1; allowed: an integer >= 2"):
         sweep.load_sweep(write(tmp_path, base + "posterior: {path: fit, draws: 1}\n"))
+
+
+def test_sweep_draws_from_the_joint_calibration_of_each_cells_trial(tmp_path, small_config_file):
+    """`posterior: {path: calibration}`: each cell uses the shipped posterior of the trial its config is
+    modelled on (small.yaml extends the default, modelled on ZUMA-1: the axi-cel preset's draws)."""
+    from vpop.fitting.posterior import calibration_posterior
+
+    draws = calibration_posterior("axicel")
+    assert set(draws) == {"fever_drive_ec50", "leak_rate", "neuro_injury_rate"}
+    path = write(tmp_path, """\
+name: calibrated sweep
+config: small.yaml
+cohort: {n: 100, seed: 1}
+factors:
+  policy: [none]
+scales: [astct]
+posterior: {path: calibration, draws: 2, n: 100}
+""")
+    res = sweep.run_sweep(path, tmp_path / "out")
+    row = res.table.set_index(["endpoint", "kind"]).loc[("CRS any grade", "rate")]
+    assert row["post_draws"] == 2 and row["post_low"] <= row["post_value"] <= row["post_high"]

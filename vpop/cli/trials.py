@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's cohort.seed)")
     p.add_argument("--out", default=None,
                    help="output folder for rates.csv, differences.csv, comparison.yaml (default: print only)")
+    p.add_argument("--posterior", default=None,
+                   help="carry parameter uncertainty: `calibration` (the shipped joint calibration of the config's "
+                        "trial) or a `vpop fit --out` directory / posterior.nc")
+    p.add_argument("--draws", type=int, default=20, help="posterior draws (with --posterior)")
+    p.add_argument("--draws-n", type=int, default=500, help="fresh patients per posterior draw (with --posterior)")
     p.set_defaults(func=run_compare_cmd)
 
     p = subparsers.add_parser("escalate", help="simulate dose-escalation trials (3+3, BOIN, CRM) on virtual patients",
@@ -109,10 +114,26 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a folder")
-    cmp = compare_policies(config, policies, n=args.n, seed=args.seed)
+    posterior = None
+    if args.posterior is not None:
+        for name in ("draws", "draws_n"):
+            if getattr(args, name) < 2:
+                raise UserError(f"--{name.replace('_', '-')}: got {getattr(args, name)}; allowed: an integer >= 2")
+        if args.posterior == "calibration":
+            from vpop.trials.joint_calibration import calibration_draws
+
+            draws = calibration_draws(config)
+        else:
+            from vpop.fitting.posterior import load_theta_draws
+
+            draws = load_theta_draws(args.posterior)
+        posterior = {"draws": draws, "k": args.draws, "n": args.draws_n}
+    cmp = compare_policies(config, policies, n=args.n, seed=args.seed, posterior=posterior)
     with _pd_options():
         print(f"paired comparison, {cmp.n:,} patients, reference {cmp.reference}; rates in percent, differences in "
-              "percentage points (policy - reference) with paired 95% intervals")
+              "percentage points (policy - reference) with paired 95% intervals"
+              + (f"; the last column adds the uncertainty of {cmp.posterior_draws} posterior draws of the parameters "
+                 f"({args.draws_n} fresh patients each)" if cmp.posterior_draws else ""))
         print(differences_table(cmp.differences).to_string(index=False))
         print("NNT: patients managed with the policy instead of the reference to prevent one event (NNH: to cause "
               "one); shown only when the 95% interval of the difference excludes 0.")
@@ -123,6 +144,8 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
         record = {"config": config.source, "n": cmp.n, "seed": config.seed if args.seed is None else args.seed,
                   "reference": cmp.reference,
                   "policies": {name: policy_record(p) for name, p in cmp.policies.items()}}
+        if posterior is not None:
+            record["posterior"] = {"source": args.posterior, "draws": cmp.posterior_draws, "n": args.draws_n}
         head = ("# Written by `vpop compare`. A null trigger is off (no patient reaches it); a null day or\n"
                 "# dose limit is not set.\n")
         (out / "comparison.yaml").write_text(head + yaml.safe_dump(record, sort_keys=False))
@@ -143,6 +166,9 @@ def differences_table(diff):
             "difference (95% CI)": f"{pct_points(r.difference)} ({pct_points(r.ci_low)} to {pct_points(r.ci_high)})",
             "NNT or NNH (95% CI)": _nnt(r),
         })
+        if hasattr(r, "post_difference"):  # with --posterior: the interval that carries parameter uncertainty
+            rows[-1]["with parameter uncertainty (95%)"] = (
+                f"{pct_points(r.post_difference)} ({pct_points(r.post_low)} to {pct_points(r.post_high)})")
     return pd.DataFrame(rows)
 
 

@@ -202,6 +202,7 @@ class Comparison:
     differences: pd.DataFrame
     n: int
     policies: dict = None  # name -> PolicySettings, when the comparison simulated them
+    posterior_draws: int = 0  # parameter draws behind the post_* columns of `differences` (0: none)
 
 
 def compare_endpoints(endpoints: Mapping[str, pd.DataFrame], reference: str | None = None) -> Comparison:
@@ -248,13 +249,14 @@ def compare_results(results: Mapping[str, object], reference: str | None = None,
 def compare_policies(config, policies, reference: str | None = None, n: int | None = None,
                      seed: int | None = None, crs_scales: Sequence[str] = ("astct",),
                      icans_scales: Sequence[str] = ("astct",), record_rows: bool = True,
-                     progress=None) -> Comparison:
+                     progress=None, posterior: dict | None = None) -> Comparison:
     """Simulate the same virtual patients under each policy and compare them with the reference.
 
     `policies`: a list of preset names / mappings / `PolicySettings` (named by
     their `name`), or a mapping name -> spec. The reference is the first policy
     unless named. The ICU-level endpoints come from the engine's per-patient
-    record, so `record_rows=False` (no observation table) loses none of them.
+    record, so `record_rows=False` (no observation table) loses none of them. With `posterior`
+    (`with_posterior_differences`), the differences also carry the parameters' uncertainty.
     """
     from vpop.run.cohort import simulate
 
@@ -267,4 +269,46 @@ def compare_policies(config, policies, reference: str | None = None, n: int | No
         if progress is not None:
             progress(name)
     out = compare_results(results, reference, crs_scales, icans_scales)
-    return replace(out, policies=named)
+    out = replace(out, policies=named)
+    if posterior is not None:
+        out = with_posterior_differences(out, config, named, posterior, seed, crs_scales, icans_scales, progress)
+    return out
+
+
+def with_posterior_differences(cmp: Comparison, config, named: dict, posterior: dict, seed: int,
+                               crs_scales, icans_scales, progress=None) -> Comparison:
+    """Add `post_difference`, `post_low`, `post_high`: the paired difference with parameter uncertainty.
+
+    `posterior`: {"draws": {parameter: array}, "k": draws to use, "n": fresh patients per draw}. Every
+    draw simulates every policy on the same fresh patients (paired within the draw); the interval is the
+    2.5-97.5 % range of the mixture over draws of Normal(d_k, se_k), d_k the draw's paired difference and
+    se_k its paired standard error: the spread between draws is the parameter uncertainty.
+    """
+    from vpop.fitting.posterior import pick_draws
+    from vpop.run.cohort import simulate
+
+    picked = pick_draws(posterior["draws"], posterior["k"], seed)
+    per_draw = []
+    for j, params in enumerate(picked):
+        cfg = replace(config, parameters={**config.parameters, **params})
+        res = {name: simulate(replace(cfg, policy=pol), n=posterior["n"], seed=seed + 104729 * (j + 1),
+                              record_rows=True) for name, pol in named.items()}
+        per_draw.append(compare_results(res, cmp.reference, crs_scales, icans_scales).differences)
+        if progress is not None:
+            progress(f"posterior draw {j + 1}/{len(picked)}")
+    rng = np.random.default_rng(seed)
+    diff = cmp.differences.copy()
+    for col in ("post_difference", "post_low", "post_high"):
+        diff[col] = np.nan
+    for i, row in diff.iterrows():
+        d, se = [], []
+        for table in per_draw:
+            hit = table[(table["policy"] == row["policy"]) & (table["endpoint"] == row["endpoint"])]
+            if len(hit):
+                d.append(float(hit["difference"].iloc[0]))
+                se.append(float(hit["wald_high"].iloc[0] - hit["difference"].iloc[0]) / Z95)
+        if d:
+            mix = rng.normal(np.repeat(d, 2000), np.repeat(se, 2000))
+            diff.loc[i, ["post_difference", "post_low", "post_high"]] = [
+                float(np.median(mix)), float(np.quantile(mix, 0.025)), float(np.quantile(mix, 0.975))]
+    return replace(cmp, differences=diff, posterior_draws=len(picked))

@@ -14,8 +14,8 @@ the factors to cross:
       covariate: {name: tumor_burden, field: center, values: [0.5, 1.0, 2.0]}
       policy: [asco2021, none, {name: toci g1, preset: asco2021, toci_trigger_grade: 1}]
     scales: [astct, penn, cartox]  # grading scales of the graded endpoints (no re-simulation)
-    posterior:                     # optional: a `vpop fit --out` directory (or its posterior.nc)
-      path: fit_zuma1              # beside the sweep file, or absolute
+    posterior:                     # optional: a `vpop fit --out` directory (or its posterior.nc), or
+      path: fit_zuma1              # `calibration`: the joint calibration's posterior of each cell's trial
       draws: 20                    # posterior draws of the fitted typical values
       n: 500                       # fresh virtual patients per draw
 
@@ -58,6 +58,8 @@ import pandas as pd
 
 from vpop.trials.compare import patient_endpoints, resolve_policy
 from vpop.errors import ConfigError
+
+CALIBRATION = "calibration"  # posterior.path naming the shipped joint calibration (vpop/data/calibration/)
 from vpop.fitting.posterior import file_digest
 from vpop.model.parameters import TABLE
 from vpop.run import endpoints, folder
@@ -197,13 +199,18 @@ def _posterior_spec(src, sweep_path: Path, raw) -> dict | None:
     raw = _mapping(src, "posterior", raw, ("path", "draws", "n"))
     if not isinstance(raw.get("path"), str):
         _fail(src, "posterior.path", f"got {raw.get('path')!r}; allowed: a `vpop fit --out` directory or posterior.nc")
-    where = Path(raw["path"])
-    where = where if where.is_absolute() else sweep_path.parent / where
-    try:
-        file = posterior_file(where)
-    except Exception as err:
-        _fail(src, "posterior.path", str(err))
-    out = {"path": file, "digest": file_digest(file)}  # hashed once: the posterior is part of every cell key
+    if raw["path"] == CALIBRATION:
+        from vpop.fitting.posterior import calibration_digest
+
+        out = {"path": CALIBRATION, "digest": calibration_digest()}
+    else:
+        where = Path(raw["path"])
+        where = where if where.is_absolute() else sweep_path.parent / where
+        try:
+            file = posterior_file(where)
+        except Exception as err:
+            _fail(src, "posterior.path", str(err))
+        out = {"path": file, "digest": file_digest(file)}  # hashed once: the posterior is part of every cell key
     for key, default, low in (("draws", 20, 2), ("n", 500, 10)):
         v = raw.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -378,15 +385,33 @@ def with_posterior_intervals(table: pd.DataFrame, spec: SweepSpec, cfg, seed: in
     return table
 
 
-def _posterior_draws(spec: SweepSpec) -> dict:
+def _posterior_draws(spec: SweepSpec) -> Callable[[Any], dict]:
+    """cfg -> the typical-value draws its cells use: one fitted posterior for every cell, or, with
+    `path: calibration`, the joint calibration's posterior of the trial each cell's config is modelled on."""
     from vpop.fitting.posterior import load_theta_draws
 
-    draws = load_theta_draws(spec.posterior["path"])
-    unknown = sorted(set(draws) - set(TABLE))
-    if unknown:
-        raise ConfigError(f"{spec.source}: posterior.path: {spec.posterior['path']} fits {', '.join(unknown)}, "
-                          "which are not model parameters")
-    return draws
+    def checked(draws, where):
+        unknown = sorted(set(draws) - set(TABLE))
+        if unknown:
+            raise ConfigError(f"{spec.source}: posterior.path: {where} fits {', '.join(unknown)}, "
+                              "which are not model parameters")
+        return draws
+
+    if spec.posterior["path"] != CALIBRATION:
+        draws = checked(load_theta_draws(spec.posterior["path"]), spec.posterior["path"])
+        return lambda cfg: draws
+    cache: dict[str, dict] = {}
+
+    def of(cfg):
+        from vpop.trials.joint_calibration import calibration_draws
+
+        if cfg.trial not in cache:
+            try:
+                cache[cfg.trial] = checked(calibration_draws(cfg), f"calibration ({cfg.trial})")
+            except ConfigError as err:
+                raise ConfigError(f"{spec.source}: posterior.path: calibration: {err}") from None
+        return cache[cfg.trial]
+    return of
 
 
 def _write_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -417,6 +442,9 @@ def run_sweep(path: str | Path, out: str | Path, n: int | None = None,
     cells = cells_of(spec)
     configs = [cell_config(spec, c) for c in cells]  # every cell checked before anything is written
     draws = _posterior_draws(spec) if spec.posterior is not None else None
+    if draws is not None:
+        for cfg in configs:  # every cell's posterior found before anything is written
+            draws(cfg)
     with folder.claim(cells_dir, flag="OUT"):  # writable, one sweep at a time; removed if it fails empty
         return _run_cells(spec, out, cells, configs, draws, progress)
 
@@ -439,7 +467,7 @@ def _run_cells(spec, out: Path, cells, configs, draws, progress) -> SweepRun:
         result = simulate(cfg, n=n_cell, seed=seed, record_rows=False)
         table = cell_table(result.patients, spec.scales, cfg.engine.crs_scales, cfg.engine.neuro_scales)
         if spec.posterior is not None:
-            table = with_posterior_intervals(table, spec, cfg, seed, draws)
+            table = with_posterior_intervals(table, spec, cfg, seed, draws(cfg))
         factors = cell.factors(spec)
         for i, (k, v) in enumerate(factors.items()):
             table.insert(i, k, v)
