@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -346,9 +347,10 @@ def integrated_map(space, vg, freeze, rounds: int = 6, tol: float = 1e-3, progre
 class Objective:
     """What the mode search, the Hessian and the sandwich need of one model (`objective`)."""
 
-    def __init__(self, space, vg, freeze, constrain, params_of, sites_of, priors):
+    def __init__(self, space, vg, freeze, constrain, params_of, sites_of, priors, fast=None):
         self.space, self.vg, self.freeze, self.constrain = space, vg, freeze, constrain
         self.params_of, self.sites_of, self.priors = params_of, sites_of, priors
+        self.fast = fast  # (traced problem, layout) on the fast path: the sandwich's program is shared by a design
 
 
 def objective(problem, cohort, options, parameterisation: str, integrate: bool, seed: int = 0) -> Objective:
@@ -384,7 +386,7 @@ def objective(problem, cohort, options, parameterisation: str, integrate: bool, 
             return derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)))
 
         return Objective(space, vg, freeze, constrain, layout.unravel,
-                         lambda x: fast_sites(problem, layout.unravel(x)), priors)
+                         lambda x: fast_sites(problem, layout.unravel(x)), priors, fast=(tp, layout))
     model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
     u = Unconstrained(model, args, kwargs, init_values(problem, cohort, options), seed)
 
@@ -417,6 +419,27 @@ def population_index(space) -> np.ndarray:
     return np.flatnonzero(pop)
 
 
+def _robust_parts(problem, sites_of, params_of, priors, x, frozen, centred, pop, covariate_x=None):
+    """(Jacobian of the patients' terms over the population coordinates, prior Hessian, prior gradient) at x."""
+    lf_star = log_factors_of(problem, sites_of(x), covariate_x)
+
+    def terms(y):
+        return patient_terms(problem, sites_of(y), frozen, lf_star, centred, covariate_x)
+
+    def prior_at(xp):
+        return prior_potential(priors, params_of(x.at[pop].set(xp)))
+
+    return jax.jacfwd(terms)(x)[:, pop], jax.hessian(prior_at)(x[pop]), jax.grad(prior_at)(x[pop])
+
+
+@partial(jax.jit, static_argnames=("layout", "centred", "pop"))
+def _fast_robust_parts(x, frozen, tp, layout, centred, pop):
+    from vpop.fitting.statistical_model import ModelOptions, population_priors
+
+    return _robust_parts(tp, lambda y: fast_sites(tp, layout.unravel(y)), layout.unravel,
+                         population_priors(tp, ModelOptions()), x, frozen, centred, jnp.asarray(pop))
+
+
 def robust_parts(problem, obj: Objective, x, frozen, centred: bool, covariate_x=None):
     """(scores (n, P), prior Hessian (P, P), mismatch) at the mode x, over the population coordinates.
 
@@ -427,19 +450,13 @@ def robust_parts(problem, obj: Objective, x, frozen, centred: bool, covariate_x=
     the model's."""
     pop = population_index(obj.space)
     x = jnp.asarray(x)
-    lf_star = log_factors_of(problem, obj.sites_of(x), covariate_x)
-
-    def terms(y):
-        return patient_terms(problem, obj.sites_of(y), frozen, lf_star, centred, covariate_x)
-
-    jac = np.asarray(jax.jacfwd(terms)(x))[:, pop]
-
-    def prior_at(xp):
-        return prior_potential(obj.priors, obj.params_of(x.at[pop].set(xp)))
-
-    xp = x[pop]
-    P = np.asarray(jax.hessian(prior_at)(xp))
-    g_prior = np.asarray(jax.grad(prior_at)(xp))
+    if obj.fast is not None:  # the data as an argument: one compilation per design (`vpop.fitting.traced`)
+        tp, layout = obj.fast
+        out = _fast_robust_parts(x, frozen, tp, layout, centred, tuple(pop.tolist()))
+    else:  # one program per data set (eager op-by-op dispatch compiled every primitive: 12-20 s)
+        out = jax.jit(lambda y, fr: _robust_parts(problem, obj.sites_of, obj.params_of, obj.priors, y, fr, centred,
+                                                  pop, covariate_x))(x, frozen)
+    jac, P, g_prior = (np.asarray(v) for v in out)
     g_obj = np.asarray(obj.vg(x, frozen)[1])[pop]
     mismatch = float(np.max(np.abs(jac.sum(0) + g_prior - g_obj)))
     return jac, 0.5 * (P + P.T), mismatch
