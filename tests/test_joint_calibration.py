@@ -63,7 +63,8 @@ def _synthetic(truth_phi, log_scale, n_trial=20000):
         coef[r, 1:5] = rng.normal(0, 1.5, size=4)
     data = jc.PosteriorData(jax.numpy.asarray(coef), jax.numpy.asarray([0, 0, 0, 0, 1, 1, 1, 1]),
                             jax.numpy.asarray(centre), jax.numpy.asarray([0.6, 0.6, 0.6, 0.35]),
-                            jax.numpy.asarray([[1.0, 0, 0], [0, 0, 0]]), jax.numpy.full(8, float(n_trial)))
+                            jax.numpy.asarray([[1.0, 0, 0], [0, 0, 0]]), jax.numpy.full(8, float(n_trial)),
+                            jax.numpy.asarray(np.log([[0.01, 100.0]] * 3)))
     logits, _ = jc.emulated_logits(data, jax.numpy.asarray(truth_phi), jax.numpy.asarray(log_scale))
     counts = np.round(n_trial / (1 + np.exp(-np.asarray(logits))))  # the expected counts: no noise
     return data, counts
@@ -105,3 +106,13 @@ def test_shipped_presets_carry_the_joint_posterior_medians():
         draws = load_theta_draws(root / "vpop" / "data" / "calibration" / f"{preset}.nc")
         for k, v in values.items():
             assert np.median(draws[k]) == pytest.approx(v, rel=1e-6), (preset, k)
+
+
+def test_the_plausible_range_bounds_the_posterior_too():
+    """Inside the box but beyond the parameter table's range: the posterior stops at the range."""
+    jax.config.update("jax_enable_x64", True)
+    truth = np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    data, counts = _synthetic(truth, 0.0, n_trial=2000)
+    data = data._replace(bounds=jax.numpy.asarray(np.log([[0.1, np.exp(0.2)], [0.01, 100.0], [0.01, 100.0]])))
+    post = jc.sample_posterior(data, counts, warmup=150, draws=150, chains=1, seed=2)
+    assert np.quantile(post.phi[:, 0, 0], 0.95) < 0.2 + 0.08

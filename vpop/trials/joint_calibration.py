@@ -17,7 +17,8 @@ treatment, management included. Three steps make it tractable:
    coincide in the table, so one effect) and B-ALL on top (`delta`), a product-level deviation with its
    own scale (`tau`, `z`), the shared variability scale, and every published count as binomial data
    at the emulated rate. The posterior is confined to the design box (a steep penalty outside it),
-   where the emulator was fitted; draws on the edge are reported.
+   where the emulator was fitted, and to the parameter table's plausible ranges; draws on the edge
+   of the box are reported.
 
 `coverage` refits synthetic tables drawn from known parameters (the emulator as the simulator, the
 table's own trial sizes) and reports how often the 90 % intervals cover the truth.
@@ -197,14 +198,18 @@ class PosteriorData(NamedTuple):
     half_width: object  # (inputs,)
     effects: object  # (presets, effects)
     n: object  # (rows,) trial sizes
+    bounds: object  # (3, 2) log of the parameter table's plausible range of each constant
 
 
 def posterior_data(design: Design, emulator: Emulator) -> PosteriorData:
     import jax.numpy as jnp
 
+    from vpop.model.parameters import TABLE
+
+    bounds = np.log([[TABLE[k].low, TABLE[k].high] for k in FREE])
     return PosteriorData(jnp.asarray(emulator.coef), jnp.asarray(design.row_preset), jnp.asarray(design.centre),
                          jnp.asarray(design.half_width), jnp.asarray(design.effects),
-                         jnp.asarray([t.n for t in design.targets], jnp.float64))
+                         jnp.asarray([t.n for t in design.targets], jnp.float64), jnp.asarray(bounds))
 
 
 def emulated_logits(data: PosteriorData, phi, log_scale):
@@ -233,6 +238,10 @@ def model(data: PosteriorData, counts=None):
     # the emulator holds inside the design box only
     outside = jnp.maximum(jnp.abs(x) - data.half_width, 0.0) / 0.02
     numpyro.factor("design_box", -0.5 * jnp.sum(outside ** 2))
+    # and a constant stays inside the parameter table's plausible range: a rate the biology cannot reach is
+    # not bought with an implausible constant (the row is reported as missed instead)
+    implausible = (jnp.maximum(phi - data.bounds[:, 1], 0.0) + jnp.maximum(data.bounds[:, 0] - phi, 0.0)) / 0.02
+    numpyro.factor("plausible_range", -0.5 * jnp.sum(implausible ** 2))
     numpyro.sample("k", dist.Binomial(total_count=data.n, logits=logits), obs=counts)
 
 
