@@ -125,6 +125,7 @@ def test_unpaired_tables_are_refused():
         compare.compare_endpoints({"a": a, "b": b})
 
 
+@pytest.mark.slow
 def test_posterior_differences_carry_the_parameters_uncertainty(default_config, tmp_path):
     """Two very different leak rates in the posterior: the paired difference between no management and
     ASCO 2021 moves with them, so its interval with parameter uncertainty is wider than the sampling one."""
@@ -143,6 +144,7 @@ def test_posterior_differences_carry_the_parameters_uncertainty(default_config, 
     assert row["post_high"] - row["post_low"] > 1.5 * (row["wald_high"] - row["wald_low"])
 
 
+@pytest.mark.slow
 def test_compare_cli_with_the_calibration_posterior(capsys, tmp_path):
     from vpop.cli.main import main
 

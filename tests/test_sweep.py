@@ -233,6 +233,7 @@ def test_sweep_posterior_errors_name_the_field(tmp_path, small_config_file):
         sweep.load_sweep(write(tmp_path, base + "posterior: {path: fit, draws: 1}\n"))
 
 
+@pytest.mark.slow
 def test_sweep_draws_from_the_joint_calibration_of_each_cells_trial(tmp_path, small_config_file):
     """`posterior: {path: calibration}`: each cell uses the shipped posterior of the trial its config is
     modelled on (small.yaml extends the default, modelled on ZUMA-1: the axi-cel preset's draws)."""
