@@ -41,7 +41,6 @@ import pandas as pd  # noqa: E402
 from vpop.data import published_cohorts_path  # noqa: E402
 from vpop.trials import joint_calibration as jc  # noqa: E402
 from vpop.trials.calibration_blocks import with_block  # noqa: E402
-from vpop.trials.validation import COHORTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "vpop" / "configs"
@@ -67,16 +66,6 @@ def design_from_json(raw: dict) -> jc.Design:
                      {k: np.asarray(v) for k, v in raw["x"].items()},
                      {k: np.asarray(v) for k, v in raw["events"].items()},
                      {k: np.asarray(v) for k, v in raw["patients"].items()}, raw.get("seconds", 0.0))
-
-
-def current_centre(preset: str) -> np.ndarray:
-    """A preset's log constants now, and log 1 for the variability scale (as run_design centres its box)."""
-    from vpop.population.sampler import PopulationSampler
-    from vpop.run.config import load_config
-
-    cfg = load_config(preset)
-    typical = PopulationSampler(cfg.population, cfg.parameters).typical
-    return np.log([float(typical[k]) for k in jc.FREE] + [1.0])
 
 
 def write_posterior(preset: str, post: jc.JointPosterior) -> Path:
@@ -183,7 +172,7 @@ def main(argv=None) -> int:
             print(f"{DESIGN}: no stored design; run without --reuse-design first", file=sys.stderr)
             return 2
         design = design_from_json(json.loads(DESIGN.read_text()))
-        stale = [p for g, p in enumerate(design.presets) if not np.allclose(current_centre(p), design.centre[g])]
+        stale = [p for g, p in enumerate(design.presets) if not np.allclose(jc.preset_centre(p)[1], design.centre[g])]
         if stale:  # the emulator is centred on the values the design was run at
             print(f"{DESIGN}: the design was run around other values of {', '.join(stale)} (the presets changed "
                   "since, e.g. by the last joint fit); run without --reuse-design", file=sys.stderr)
@@ -214,7 +203,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(text)
         return 0
-    cohorts = ", ".join(sorted({t.cohort for t in design.targets if COHORTS[t.cohort].product}))
+    cohorts = ", ".join(sorted({t.cohort for t in design.targets}))
     for preset in design.presets:
         path = CONFIGS / f"{preset}.yaml"
         path.write_text(with_block(path.read_text(), post.values(preset),

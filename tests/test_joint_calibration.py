@@ -72,7 +72,6 @@ def _synthetic(truth_phi, log_scale, n_trial=20000):
 
 @pytest.mark.slow
 def test_posterior_recovers_known_constants_from_rich_tables():
-    jax.config.update("jax_enable_x64", True)
     truth = np.array([[0.2, -0.2, 0.1], [0.0, 0.2, -0.1]])
     data, counts = _synthetic(truth, 0.1)
     post = jc.sample_posterior(data, counts, warmup=300, draws=300, chains=1, seed=1)
@@ -83,7 +82,6 @@ def test_posterior_recovers_known_constants_from_rich_tables():
 
 def test_the_design_box_confines_the_posterior():
     """A table that wants a value far outside the box gets the box's edge, not an extrapolated surface."""
-    jax.config.update("jax_enable_x64", True)
     truth = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # 2.0 is far outside the +-0.6 box
     data, counts = _synthetic(truth, 0.0, n_trial=2000)
     post = jc.sample_posterior(data, counts, warmup=150, draws=150, chains=1, seed=2)
@@ -110,7 +108,6 @@ def test_shipped_presets_carry_the_joint_posterior_medians():
 
 def test_the_plausible_range_bounds_the_posterior_too():
     """Inside the box but beyond the parameter table's range: the posterior stops at the range."""
-    jax.config.update("jax_enable_x64", True)
     truth = np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
     data, counts = _synthetic(truth, 0.0, n_trial=2000)
     data = data._replace(bounds=jax.numpy.asarray(np.log([[0.1, np.exp(0.2)], [0.01, 100.0], [0.01, 100.0]])))

@@ -51,6 +51,17 @@ def product_effects(config) -> tuple[float, float, float]:
             float(str(config.disease).upper() == "B-ALL"))
 
 
+def preset_centre(preset: str):
+    """(config, log inputs now): the preset's log constants and log 1 for the variability scale,
+    the centre of its design box."""
+    from vpop.population.sampler import PopulationSampler
+    from vpop.run.config import load_config
+
+    cfg = load_config(preset)
+    typical = PopulationSampler(cfg.population, cfg.parameters).typical
+    return cfg, np.log([float(typical[k]) for k in FREE] + [1.0])
+
+
 def calibration_targets(table) -> list[Target]:
     """Rate rows with a trial size and a preset: graded rates and drug use alike."""
     return [t for t in read_cohort_table(table) if t.is_rate and t.n > 0 and t.cohort in COHORTS]
@@ -151,9 +162,6 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
     """Simulate every preset's trial arms at `points` design points (Sobol in the box)."""
     from scipy.stats import qmc
 
-    from vpop.population.sampler import PopulationSampler
-    from vpop.run.config import load_config
-
     t0 = time.perf_counter()
     targets = calibration_targets(table)
     presets = presets or list(dict.fromkeys(COHORTS[t.cohort].product for t in targets))
@@ -164,9 +172,7 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
     offsets = (2 * unit - 1) * hw
     centre, effects, xs, events, patients = [], [], {}, {}, {}
     for g, preset in enumerate(presets):
-        cfg = load_config(preset)
-        typical = PopulationSampler(cfg.population, cfg.parameters).typical
-        c = np.log([float(typical[k]) for k in FREE] + [1.0])
+        cfg, c = preset_centre(preset)
         centre.append(c)
         effects.append(product_effects(cfg))
         rows = [targets[r] for r in np.flatnonzero(row_preset == g)]
