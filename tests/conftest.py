@@ -51,21 +51,36 @@ def _resident_gib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
+def _memory_maps() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+# Linux caps a process's memory mappings (vm.max_map_count, 65,530 by default) and every compiled XLA
+# executable holds about twenty of them. One long test process compiles thousands of programs; past the
+# cap the next mmap fails, and XLA then aborts while compiling or a worker thread that cannot start leaves
+# a call waiting forever (CI died both ways, at different tests). Measured here: the suite passes 20,000
+# maps by a third of the way through.
+_MAX_MAPS = 25_000
+_MAX_RESIDENT_GIB = 3.0
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _bounded_memory():
-    """Every config compiles its own programs, and the engine's caches keep each one alive: over the
-    whole suite (CI runs the slow tests too) the process would grow by gigabytes. Past 3 GiB resident,
-    drop the engine's compiled programs between test modules (a later module recompiles what it needs).
-    No `malloc_trim` to hand the freed heap back: with it, a later jitted call waited forever for its
-    result (the full suite hung three times at the same test, tests/test_fitting_sandwich.py; the same
-    run passes with the trim left out, with or without gc). Nor `jax.clear_caches()`, which is not needed
-    once the engine's caches let go."""
+    """Every config compiles its own programs, and JAX and the engine's caches keep each one alive:
+    over the whole suite (CI runs the slow tests too) the process would grow by gigabytes and run out of
+    memory mappings. Past either limit, drop every compiled program between test modules (a later module
+    recompiles what it needs). No `malloc_trim`: it is not needed once the programs are gone."""
     yield
-    if _resident_gib() > 3.0:
+    if _memory_maps() > _MAX_MAPS or _resident_gib() > _MAX_RESIDENT_GIB:
         import gc
 
         from vpop.engine import course, sharding
 
         course.compiled_batch.cache_clear()
         sharding.sharded_batch.cache_clear()
+        jax.clear_caches()
         gc.collect()
