@@ -56,10 +56,10 @@ def _memory_maps() -> int:
 
 # Linux caps a process's memory mappings (vm.max_map_count, 65,530 by default) and every compiled XLA
 # executable holds about twenty of them. One long test process compiles thousands of programs; past the
-# cap the next mmap fails, and XLA then aborts while compiling or a worker thread that cannot start leaves
-# a call waiting forever (CI died both ways, at different tests). Measured here: the suite passes 20,000
-# maps by a third of the way through, and one module (test_fitting_estimators) adds 40,000 on its own,
-# so the check runs after every test, not every module.
+# cap the next mmap fails and XLA aborts while compiling (CI's exit 134, in backend_compile_and_load and
+# in the cache write) or LLVM crashes. Measured here: the suite passes 20,000 maps by a third of the way
+# through, and one module (test_fitting_estimators) adds 40,000 on its own, so the check runs after every
+# test, not every module.
 _MAX_MAPS = 25_000
 
 
