@@ -106,6 +106,7 @@ def test_failed_solve_is_flagged_and_counted_not_nan(default_config):
     assert (summary["n"] == 3).all()  # the failed patient is excluded from rates, not counted as 0
 
 
+@pytest.mark.slow  # ~20 s cold: compiles the course's reverse-mode gradient
 def test_reverse_mode_gradient_matches_finite_differences(default_config):
     _, p, keys = sample_patients(default_config, np.arange(1))
     p0, key = one(p, 0), keys[0]

@@ -44,6 +44,7 @@ def test_linear_oracle_rank_correlation_and_refusal():
         r3.raise_if_confounded()
 
 
+@pytest.mark.slow  # ~18 s cold: a Fisher information through the course
 def test_il6_clearances_confounded_when_only_il6_is_observed(default_config):
     """Without tocilizumab, the linear and receptor-mediated IL-6 clearances enter the model only as their
     sum (elimination and basal production): with IL-6 alone observed they are exactly confounded, and the
