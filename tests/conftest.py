@@ -6,12 +6,6 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
-# JAX's asynchronous dispatch on the CPU can lose a wake-up and leave a result waiting forever
-# (jax-ml/jax#25861, open): the full suite hung four times at the same call in
-# test_fitting_sandwich.py (a scipy BFGS loop calling a jitted function), every XLA worker idle and the
-# main thread in BlockUntilReady, with only 2,300 memory mappings in use. The tests gain nothing from
-# overlapping dispatch, so they run computations inline. Set before the CPU client exists.
-jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 @pytest.fixture(scope="session")
