@@ -81,7 +81,7 @@ def exact_terms(phi, x, y):
     # C = sg^2 I + om^2 x x' is a rank-one update of the identity, so its determinant and inverse are closed
     # forms (matrix determinant lemma, Sherman-Morrison). Closed forms, not batched LAPACK: jaxlib's batched
     # slogdet/inv over 2,000 patients deadlocked now and then in its CPU thread pool (ParallelBatchMap), and
-    # the full suite hung here five times.
+    # the full suite hung here six times.
     r = y - b * x
     xx, xr, rr = jnp.sum(x * x, 1), jnp.sum(x * r, 1), jnp.sum(r * r, 1)
     s2, o2 = sg ** 2, om ** 2
