@@ -39,6 +39,7 @@ from jax.scipy.stats import norm
 from vpop.errors import UserError
 
 from vpop.fitting.infer import FitResult, init_values, keep_sites, model_and_args, to_inferencedata
+from vpop.fitting.small_matrices import spd_logdet, triangular_logabsdet
 from vpop.fitting.statistical_model import derived_sites
 from vpop.fitting.traced import POSITIVE_SITES, fast_path, fast_sites
 from vpop.fitting.unconstrained import Unconstrained
@@ -195,9 +196,9 @@ def correction_terms(problem, sites, frozen, centred: bool):
     F = J.shape[-1]
     A = jnp.diag(sites["omega"]) if sites.get("L_corr") is None else sites["omega"][:, None] * sites["L_corr"]
     M = jnp.eye(F) + jnp.einsum("fg,nfh,hk->ngk", A, G, A)
-    out = 0.5 * jnp.linalg.slogdet(M)[1]
+    out = 0.5 * spd_logdet(M)  # M = I + A'GA is positive definite; no batched LAPACK (small_matrices)
     if centred:
-        out = out - jnp.linalg.slogdet(A)[1]
+        out = out - triangular_logabsdet(A)  # A = diag(omega) L is lower triangular
     return out
 
 

@@ -28,6 +28,7 @@ from jax.scipy.stats import norm
 
 from vpop.errors import UserError
 from vpop.fitting.model import GRADE_CATEGORIES, SEVERITY_EPS, FitProblem, predictions, predictions_forward_ad
+from vpop.fitting.small_matrices import solve_lower
 
 
 def censored_normal_loglik(log_lloq, mu, sd):
@@ -221,7 +222,7 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
                 z = eta / omega
             else:
                 eta = numpyro.sample("eta", dist.MultivariateNormal(jnp.zeros(F), scale_tril=omega[:, None] * L))
-                z = jnp.linalg.solve(L, (eta / omega).T).T
+                z = solve_lower(L, (eta / omega).T).T
         numpyro.deterministic("z", z)
         log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x, eta=eta)
     elif opt.bov:  # subjects' random effects, and each occasion's on the BOV parameters (non-centred)
@@ -297,5 +298,6 @@ def derived_sites(samples: dict, options: ModelOptions | None = None) -> dict:
         if L is None:
             out["z"] = scaled
         else:
-            out["z"] = jnp.swapaxes(jnp.linalg.solve(L, jnp.swapaxes(scaled, -1, -2)), -1, -2)
+            # one triangular solve per draw: forward substitution, not jaxlib's batched LAPACK (small_matrices)
+            out["z"] = jnp.swapaxes(solve_lower(L, jnp.swapaxes(scaled, -1, -2)), -1, -2)
     return out
