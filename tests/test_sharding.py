@@ -72,3 +72,19 @@ def test_process_share_partitions_the_chunks():
     assert sorted(sum(shares, [])) == list(range(11))
     assert shares[0] == [0, 3, 6, 9]
     assert sharding.round_batch(5, 4) == 8 and sharding.round_batch(8, 4) == 8 and sharding.round_batch(3, 1) == 3
+
+
+def test_a_balanced_batch_needs_no_more_calls_and_pads_less_than_a_vector_per_call():
+    """n split evenly over the fewest calls `batch_size` allows: never more calls than unbalanced batches,
+    never above `batch_size`, padding under 8 patients per call (the float32 vector rounding); a stream's
+    batches (balance off) stay `batch_size`, so they tile its chunks."""
+    assert sharding.global_batch(4096, 10_000, 1, balance=True) == 3336
+    assert sharding.global_batch(4096, 10_000, 1) == 4096
+    for d in (1, 2, 4):
+        for cap in (7, 64, 1000, 4096):
+            for n in (1, 9, 63, 100, 1000, 4097, 10_000, 123_457):
+                plain = sharding.global_batch(cap, n, d)
+                bal = sharding.global_batch(cap, n, d, balance=True)
+                calls_plain, calls_bal = -(-n // plain), -(-n // bal)
+                assert bal // d <= cap and calls_bal <= calls_plain, (d, cap, n)
+                assert bal * calls_bal - n < calls_bal * 8 * d + d, (d, cap, n, bal)

@@ -143,8 +143,12 @@ class Plan:
         return None if self.table is None else self.table.ids
 
 
-def plan(config, n: int | None = None, seed: int | None = None, record_rows: bool = True) -> Plan:
-    """Check and size a run (UserError for an impossible one); nothing is compiled or written."""
+def plan(config, n: int | None = None, seed: int | None = None, record_rows: bool = True,
+         balanced: bool = True) -> Plan:
+    """Check and size a run (UserError for an impossible one); nothing is compiled or written.
+
+    `balanced`: the run is one stretch of ids, so its batches may split n evenly (`sharding.global_batch`);
+    a stream of fixed-size chunks passes False to keep batches that tile each chunk."""
     table = patient_table_mod.table_of(config)
     n = (config.n if n is None else int(n)) if table is None else table.cohort_size(n)
     seed = config.seed if seed is None else int(seed)
@@ -158,7 +162,7 @@ def plan(config, n: int | None = None, seed: int | None = None, record_rows: boo
     trial = trial_scales(config)
     if trial is not None:
         endpoints += summary_endpoints(trial[1], trial[2], drugs=False)
-    batch = sharding.global_batch(config.batch_size, n)  # batch_size per device
+    batch = sharding.global_batch(config.batch_size, n, balance=balanced)  # batch_size per device
     return Plan(config, n, seed, record_rows, replace(config.engine, record_rows=record_rows), batch, table,
                 endpoints)
 

@@ -232,7 +232,7 @@ def simulate_stream(
     Several processes: pass or let jax give `process_index`/`process_count`;
     they behave as `resume=True` (the folder is shared, and not locked).
     """
-    plan = driver.plan(config, n, seed, record_rows)
+    plan = driver.plan(config, n, seed, record_rows, balanced=False)  # batches tile the fixed chunks
     n, seed = plan.n, plan.seed
     chunk_size = default_chunk_size(config) if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
