@@ -113,3 +113,28 @@ def test_the_plausible_range_bounds_the_posterior_too():
     data = data._replace(bounds=jax.numpy.asarray(np.log([[0.1, np.exp(0.2)], [0.01, 100.0], [0.01, 100.0]])))
     post = jc.sample_posterior(data, counts, warmup=150, draws=150, chains=1, seed=2)
     assert np.quantile(post.phi[:, 0, 0], 0.95) < 0.2 + 0.08
+
+
+def test_coverage_truths_stay_where_the_prior_puts_mass():
+    """A preset whose box reaches past the plausible range (the B-ALL fever constant near its top, 3.0):
+    the coverage check draws its truths inside the range, since no interval can cover a value the prior
+    excludes; the other constants keep the inner 60 % of their box."""
+    from types import SimpleNamespace
+
+    from vpop.model.parameters import TABLE
+
+    top = np.log(TABLE["fever_drive_ec50"].high)
+    centre = np.array([[top - 0.05, np.log(TABLE["leak_rate"].value), np.log(TABLE["neuro_injury_rate"].value),
+                        0.0]])
+    half = np.array([0.6, 0.6, 0.6, 0.35])
+    coef = np.zeros((2, 15))
+    coef[:, 0] = [-1.0, 0.5]
+    coef[:, 1:5] = [[1.0, 0.5, 0.0, 0.3], [0.0, 1.0, 1.0, 0.2]]
+    design = jc.Design(presets=["p"], centre=centre, half_width=half, effects=np.zeros((1, 3)),
+                       targets=[SimpleNamespace(n=500), SimpleNamespace(n=500)], row_preset=np.zeros(2, int),
+                       x={}, events={}, patients={})
+    cov = jc.coverage(design, jc.Emulator(coef, np.zeros(2)), replicates=6, warmup=20, draws=20)
+    fever = cov[cov.parameter == "fever_drive_ec50"].truth.to_numpy()
+    assert (fever <= top + 1e-12).all() and (fever >= centre[0, 0] - 0.36 - 1e-12).all()
+    leak = cov[cov.parameter == "leak_rate"].truth.to_numpy()
+    assert (np.abs(leak - centre[0, 1]) <= 0.36 + 1e-12).all() and np.ptp(leak) > 0.1
