@@ -245,7 +245,12 @@ def production_loss(t, y, p):
         # engaged cells only: CAR-T cells sit in the CSF of patients without ICANS too (Gust 2017)
         + barrier * engaged / p["glia_ec_car"]
     )
-    glia_act = p["glia_activation_rate"] * p["cns_sensitivity"] * glia_stimulus * (1.0 - dex_inh)
+    # Glia see the dexamethasone that crosses into the CSF, 15 % of plasma (Balis 1987), so a dose that
+    # silences serum cytokines damps CNS inflammation less (ZUMA-1 cohort 4: 17 % neurologic events >= 3
+    # under steroids from grade 1).
+    dex_cns = p["dex_csf_fraction"] * s["dex_effect"]
+    dex_inh_cns = p["dex_emax"] * dex_cns / (dex_cns + p["dex_ic50"])
+    glia_act = p["glia_activation_rate"] * p["cns_sensitivity"] * glia_stimulus * (1.0 - dex_inh_cns)
     P_glia = glia_act
     D_glia = glia_act + p["glia_deactivation"]
     vulnerability = p["neuro_sensitivity"] * (p["nfl0"] / 12.0) ** p["nfl_vulnerability_exponent"]

@@ -246,6 +246,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "rate at which the effect-site level follows plasma dexamethasone"),
     _p("drugs", "dex_ic50", 4.0, "ng/mL", 0.5, 40.0, "calibrated (nM range; unverified)", "dexamethasone level giving half-maximal suppression"),
     _p("drugs", "dex_emax", 0.85, "-", 0.5, 1.0, "calibrated", "maximal suppression of cytokine production and activation"),
+    _p("drugs", "dex_csf_fraction", 0.15, "-", 0.1, 1.0,
+       "Balis 1987 J Clin Oncol 5:202 (CSF:plasma dexamethasone 0.15 +/- 0.02 after IV bolus, nonhuman primates; "
+       "CSF levels track free plasma drug, dexamethasone 70 % protein bound)",
+       "dexamethasone level in the CSF relative to plasma: what glia are exposed to"),
     _p("drugs", "mp_to_dex", 1.0 / 5.33, "mg dex per mg", 0.15, 0.25, "glucocorticoid equivalence (dex 0.75 mg = MP 4 mg)",
        "methylprednisolone given as dexamethasone-equivalent dose"),
     # --- Anakinra ----------------------------------------------------------
