@@ -115,6 +115,7 @@ def test_the_plausible_range_bounds_the_posterior_too():
     assert np.quantile(post.phi[:, 0, 0], 0.95) < 0.2 + 0.08
 
 
+@pytest.mark.slow
 def test_coverage_truths_stay_where_the_prior_puts_mass():
     """A preset whose box reaches past the plausible range (the B-ALL fever constant near its top, 3.0):
     the coverage check draws its truths inside the range, since no interval can cover a value the prior
