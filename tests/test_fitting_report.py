@@ -133,3 +133,28 @@ def test_vpc_counts_censored_values_at_the_lloq_in_data_and_simulations():
     v = diagnostics.vpc_table(prob, sims).iloc[0]
     assert 0.4 < v["obs_blq"] < 0.6 and v["sim_blq_lo"] < 0.5 < v["sim_blq_hi"]
     np.testing.assert_allclose([v["obs_q05"], v["sim_q05_lo"], v["sim_q05_hi"]], 20.0, rtol=1e-12)
+
+
+def test_laplace_fit_reports_both_standard_errors_and_flags_misspecification_and_confounding(tmp_path, capsys):
+    """A Laplace fit's SEs appear under both covariances with their ratio; a sandwich/Hessian ratio beyond 2
+    and a correlation beyond 0.95 are warned about by name, and a consistent fit gets neither warning."""
+    def laplace_folder(name, ratio, r):
+        folder = tmp_path / name / "fit"
+        _fit_folder(folder, divergences=0, r_hat=1.0)
+        diag = {"method": "laplace", "covariance": "hessian", "warnings": [],
+                "map": {"crp_max": 250.0, "il6_signal_ec50": 40.0},
+                "se_log_hessian": {"crp_max": 0.1, "il6_signal_ec50": 0.2},
+                "se_log_sandwich": {"crp_max": 0.1 * ratio, "il6_signal_ec50": 0.21},
+                "correlation": {"crp_max": {"crp_max": 1.0, "il6_signal_ec50": r},
+                                "il6_signal_ec50": {"crp_max": r, "il6_signal_ec50": 1.0}}}
+        (folder / "diagnostics.json").write_text(json.dumps(diag))
+        return folder.parent
+
+    text, doc = _report(laplace_folder("bad", 3.1, 0.98), capsys)
+    assert "Standard errors (Laplace)" in doc.headings
+    assert "0.31" in text and "3.1" in text  # the sandwich SE and its ratio to the Hessian's
+    assert "differ more than twofold for crp_max" in text
+    assert "crp_max and il6_signal_ec50 (r = +0.980)" in text
+    text, doc = _report(laplace_folder("good", 1.05, 0.4), capsys)
+    assert "Standard errors (Laplace)" in doc.headings
+    assert "twofold" not in text and "correlated beyond" not in text

@@ -695,6 +695,8 @@ def fit_section(page: Page, src: FitSource) -> None:
                        "Per-variable convergence diagnostics (ArviZ).")
     else:
         page.note("No diagnostics.json in this folder.")
+    if diag and isinstance(diag.get("se_log_hessian"), dict):
+        laplace_uncertainty(page, diag)
     if src.summary is not None:
         page.heading("Posterior summary", 3)
         page.table(src.summary.map(lambda v: num(v, 4) if isinstance(v, float) else v),
@@ -711,6 +713,39 @@ def fit_section(page: Page, src: FitSource) -> None:
                     "Published cohort rates against rates simulated from posterior draws (median and 90% interval, "
                     "parameter uncertainty and cohort sampling noise). Points on the dashed line agree.",
                     alt="published vs simulated rates")
+
+
+def laplace_uncertainty(page: Page, diag: dict) -> None:
+    """The Laplace fit's standard errors under both covariances, and the strongly correlated pairs."""
+    se_h = diag["se_log_hessian"]
+    se_s = diag.get("se_log_sandwich") or {}
+    mode = diag.get("map") or {}
+    rows = []
+    for k, h in se_h.items():
+        row = {"parameter": k, "MAP": mode.get(k, float("nan")), "SE (log), Hessian": h}
+        if se_s:
+            row["SE (log), sandwich"] = se_s.get(k, float("nan"))
+            row["sandwich / Hessian"] = se_s.get(k, float("nan")) / h if h else float("nan")
+        rows.append(row)
+    page.heading("Standard errors (Laplace)", 3)
+    chosen = diag.get("covariance", "hessian")
+    page.table(pd.DataFrame(rows).map(lambda v: num(v, 4) if isinstance(v, float) else v),
+               f"Standard errors of the log typical values (diagnostics.json); the intervals and draws use the "
+               f"{chosen} covariance. The sandwich (R^-1 S R^-1 from the patients' scores) is robust to a "
+               "misspecified residual or random-effect model: a ratio far from 1 says the model's own "
+               "uncertainty is not to be trusted (docs/fitting.md).")
+    ratios = [se_s[k] / se_h[k] for k in se_h if se_s.get(k) and se_h[k]]
+    off = [k for k in se_h if se_s.get(k) and se_h[k] and not 0.5 <= se_s[k] / se_h[k] <= 2.0]
+    if ratios and off:
+        page.note("Warning: the sandwich and Hessian standard errors differ more than twofold for "
+                  + ", ".join(off) + ": the statistical model is likely misspecified.", warning=True)
+    corr = diag.get("correlation") or {}
+    pairs = sorted({tuple(sorted((a, b))) for a in corr for b in corr[a]
+                    if a != b and abs(corr[a][b]) > 0.95})
+    if pairs:
+        page.note("Warning: estimates correlated beyond |r| = 0.95: "
+                  + "; ".join(f"{a} and {b} (r = {corr[a][b]:+.3f})" for a, b in pairs)
+                  + ". The data hardly separate them.", warning=True)
 
 
 def fit_diagnostics(page: Page, src: FitSource) -> None:
