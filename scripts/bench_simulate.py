@@ -239,22 +239,23 @@ def main(argv=None) -> None:
     ag = _spawn("agreement", args.agreement_n)
     print(f"grade agreement vs float64 reference (n={ag['n']}): ASTCT {100 * ag['astct_same_max_grades']:.2f}%, "
           f"every scale {100 * ag['all_scales_same_max_grades']:.2f}%", flush=True)
-    acc = _spawn("accuracy", args.accuracy_n)
-    names = list(acc["diffrax"])
-    print(f"biomarker accuracy, untreated, n={acc['n']}: 99th percentile over patients of the largest relative "
-          f"error on the 6-h grid (float64 reference)", flush=True)
-    print("  " + f"{'':>14}" + "".join(f"{n:>13}" for n in names))
-    for label, errs in [*((f"vpop {k} steps", v) for k, v in acc["vpop"].items()), ("diffrax Tsit5", acc["diffrax"])]:
-        print("  " + f"{label:>14}" + "".join(f"{errs[n]:>13.2e}" for n in names))
-    # Equal accuracy: the fewest steps at least as accurate as Tsit5 on the quantities the grades read
-    # (IL-6, CRP, leak, glia); float32 rounding keeps ferritin and CAR-T near 1e-5 at any step count.
-    graded = ("il6", "crp", "leak", "glia")
-    equal = next((int(k) for k, v in acc["vpop"].items() if all(v[n] <= acc["diffrax"][n] for n in graded)), None)
-    eq = None
-    if equal is not None and args.equal_accuracy_n:
-        eq = _spawn("vpop", args.equal_accuracy_n, substeps=equal)
-        print(f"vpop at {equal} steps per 6 h (as accurate as Tsit5 on {', '.join(graded)}), n={eq['n']}: "
-              f"{1e3 / eq['patients_per_s']:.3f} ms/patient", flush=True)
+    eq = equal = None
+    if args.accuracy_n:  # 0 skips the accuracy comparison (and the equal-accuracy run)
+        acc = _spawn("accuracy", args.accuracy_n)
+        names = list(acc["diffrax"])
+        print(f"biomarker accuracy, untreated, n={acc['n']}: 99th percentile over patients of the largest relative "
+              f"error on the 6-h grid (float64 reference)", flush=True)
+        print("  " + f"{'':>14}" + "".join(f"{n:>13}" for n in names))
+        for label, errs in [*((f"vpop {k} steps", v) for k, v in acc["vpop"].items()), ("diffrax Tsit5", acc["diffrax"])]:
+            print("  " + f"{label:>14}" + "".join(f"{errs[n]:>13.2e}" for n in names))
+        # Equal accuracy: the fewest steps at least as accurate as Tsit5 on the quantities the grades read
+        # (IL-6, CRP, leak, glia); float32 rounding keeps ferritin and CAR-T near 1e-5 at any step count.
+        graded = ("il6", "crp", "leak", "glia")
+        equal = next((int(k) for k, v in acc["vpop"].items() if all(v[n] <= acc["diffrax"][n] for n in graded)), None)
+        if equal is not None and args.equal_accuracy_n:
+            eq = _spawn("vpop", args.equal_accuracy_n, substeps=equal)
+            print(f"vpop at {equal} steps per 6 h (as accurate as Tsit5 on {', '.join(graded)}), n={eq['n']}: "
+                  f"{1e3 / eq['patients_per_s']:.3f} ms/patient", flush=True)
     # Ratio lines last.
     d_best = min(diffrax_runs, key=lambda d: d["per_patient_s"])
     print(f"RATIO vpop (default, n={best['n']}) vs scipy LSODA: {sc['per_patient_s'] / vpop_pp:.0f}x faster per patient")

@@ -44,8 +44,10 @@ def bench_sweep(n: int, days: float) -> None:
 
     import jax
 
+    from vpop.engine import compile_cache
     from vpop.trials.sweep import run_sweep
 
+    compile_cache.enable()  # what `vpop sweep` does: the second and later sweeps load the engine from disk
     compiles = []  # XLA compilations (or compilation-cache loads) during the sweep, by duration
 
     def listen(event, seconds, **kwargs):

@@ -91,9 +91,11 @@ def _positive(value, flag):
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from vpop.engine import compile_cache
     from vpop.trials.sweep import run_sweep
 
     _positive(args.n, "--n")
+    compile_cache.enable()  # as vpop simulate: a second sweep loads the engine instead of compiling it
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     res = run_sweep(args.sweep, args.out, n=args.n, progress=say)
     print(f"sweep: {res.ran} cells run, {res.skipped} skipped (already done); {len(res.table)} rows in "
@@ -102,10 +104,12 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
 
 def run_compare_cmd(args: argparse.Namespace) -> int:
+    from vpop.engine import compile_cache
     from vpop.trials.compare import compare_policies, load_policies_file
     from vpop.run.config import load_config
 
     _positive(args.n, "--n")
+    compile_cache.enable()
     config = load_config(args.config)
     if args.policies.endswith((".yaml", ".yml")):
         policies = load_policies_file(args.policies)
