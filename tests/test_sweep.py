@@ -81,7 +81,11 @@ def test_median_interval_from_order_statistics():
     assert np.isnan(sweep.median_ci(np.array([]))[0])
 
 
-def test_sweep_runs_resumes_and_writes_tidy_table(tmp_path, small_config_file, capsys):
+def test_sweep_runs_resumes_and_writes_tidy_table(tmp_path, small_config_file, capsys, monkeypatch):
+    monkeypatch.setenv("VPOP_CACHE_DIR", str(tmp_path / "jax-cache"))  # vpop sweep stores the engine as simulate does
+    monkeypatch.delenv("VPOP_NO_CACHE", raising=False)
+    from vpop.run import driver
+    monkeypatch.setattr(driver, "EXECUTABLES", {})  # compiled here, not taken from an earlier test's memory
     path = write(tmp_path, """\
 name: dose sweep
 config: small.yaml
@@ -105,6 +109,7 @@ scales: [astct]
     assert "ICU-level support" in set(table["endpoint"])
     assert "CRS onset day (median)" in set(table["endpoint"])
     assert len(list((out / "cells").glob("cell-*.csv"))) == 2
+    assert any(p.name.startswith("jit_batch") for p in (tmp_path / "jax-cache").iterdir())  # the engine, cached
     # a second run finds every cell done: nothing is simulated, the same table comes back
     res = sweep.run_sweep(path, out)
     assert (res.ran, res.skipped) == (0, 2)
