@@ -74,17 +74,23 @@ def test_process_share_partitions_the_chunks():
     assert sharding.round_batch(5, 4) == 8 and sharding.round_batch(8, 4) == 8 and sharding.round_batch(3, 1) == 3
 
 
-def test_a_balanced_batch_needs_no_more_calls_and_pads_less_than_a_vector_per_call():
-    """n split evenly over the fewest calls `batch_size` allows: never more calls than unbalanced batches,
-    never above `batch_size`, padding under 8 patients per call (the float32 vector rounding); a stream's
-    batches (balance off) stay `batch_size`, so they tile its chunks."""
-    assert sharding.global_batch(4096, 10_000, 1, balance=True) == 3336
+def test_a_balanced_batch_needs_no_more_calls_pads_less_and_takes_few_shapes():
+    """n split evenly over the fewest calls `batch_size` allows, in granules of an eighth of it: never more
+    calls than unbalanced batches, never above `batch_size`, padding under one granule per call, at most
+    eight batch shapes for every n that needs several calls (each shape compiles once); a stream's batches
+    (balance off) stay `batch_size`, so they tile its chunks."""
+    assert sharding.global_batch(4096, 10_000, 1, balance=True) == 3584
     assert sharding.global_batch(4096, 10_000, 1) == 4096
     for d in (1, 2, 4):
         for cap in (7, 64, 1000, 4096):
-            for n in (1, 9, 63, 100, 1000, 4097, 10_000, 123_457):
+            granule = max(8, cap // 8)
+            shapes = set()
+            for n in (1, 9, 63, 100, 1000, 4097, 10_000, 20_000, 33_333, 123_457):
                 plain = sharding.global_batch(cap, n, d)
                 bal = sharding.global_batch(cap, n, d, balance=True)
                 calls_plain, calls_bal = -(-n // plain), -(-n // bal)
                 assert bal // d <= cap and calls_bal <= calls_plain, (d, cap, n)
-                assert bal * calls_bal - n < calls_bal * 8 * d + d, (d, cap, n, bal)
+                assert bal * calls_bal - n < calls_bal * granule * d + d, (d, cap, n, bal)
+                if calls_plain > 1:
+                    shapes.add(bal)
+            assert len(shapes) <= 8, (d, cap, shapes)

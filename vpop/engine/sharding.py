@@ -62,20 +62,22 @@ def global_batch(batch_size: int, n: int, devices: int | None = None, balance: b
     """Patients per engine call: `batch_size` per device (fewer when n is small), times the devices.
 
     With `balance`, for a run that is one stretch of ids (not a stream of fixed chunks, whose batches must
-    tile each chunk), a device's share of n is split evenly among the fewest calls `batch_size` allows
-    (from 64 patients rounded up to a multiple of 8, the CPU's float32 vector width, within `batch_size`),
-    so the last call is not mostly padding: n = 10,000 at 4,096 runs three calls of 3,336 instead of three
-    of 4,096 (10,008 patients simulated instead of 12,288). Patient i's course does not depend on the batch
-    it runs in (its key is fold_in(seed, i)).
+    tile each chunk), a device's share of n that needs several calls is split evenly among the fewest calls
+    `batch_size` allows, rounded up to a multiple of an eighth of `batch_size` (at least 8, the CPU's
+    float32 vector width). So the last call is not mostly padding (n = 10,000 at 4,096: three calls of
+    3,584, 10,752 patients simulated instead of 12,288), while a process meets at most eight batch shapes
+    however n changes, each compiled once. Patient i's course does not depend on the batch it runs in
+    (its key is fold_in(seed, i)).
     """
     d = device_count() if devices is None else int(devices)
     share = -(-int(n) // d)  # patients per device
     cap = max(1, min(int(batch_size), share))
-    if not balance:
+    calls = -(-share // cap)
+    if not balance or calls == 1:
         return d * cap
-    per = -(-share // -(-share // cap))  # the share over the fewest calls
-    lanes = -(-per // 8) * 8
-    return d * (lanes if per >= 64 and lanes <= cap else per)
+    granule = max(8, int(batch_size) // 8)
+    per = -(-share // calls)  # the share over the fewest calls
+    return d * min(cap, -(-per // granule) * granule)
 
 
 def round_batch(batch: int, devices: int | None = None) -> int:
