@@ -1,9 +1,9 @@
-"""JAX's persistent compilation cache, on by default for `vpop simulate`.
+"""JAX's persistent compilation cache, on by default for `vpop simulate`, `sweep` and `compare`.
 
 The first `vpop simulate` of a config compiles the engine (several seconds
 on a CPU); the compiled executable is stored on disk and later processes
-load it instead of compiling. `vpop simulate` calls `enable()` before its
-first compilation. From Python call it yourself before the first simulation:
+load it instead of compiling. `vpop simulate`, `vpop sweep` and `vpop compare`
+call `enable()` before their first compilation. From Python call it yourself before the first simulation:
 
     import vpop.engine.compile_cache
     vpop.engine.compile_cache.enable()            # ~/.cache/vpop/jax, or $VPOP_CACHE_DIR
