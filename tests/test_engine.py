@@ -50,6 +50,7 @@ def _small(config, **engine_changes):
     return replace(config, engine=replace(config.engine, days=10.0, **engine_changes))
 
 
+@pytest.mark.slow
 def test_patient_is_determined_by_seed_and_index(default_config):
     cfg = _small(default_config)
     a = cohort.simulate(replace(cfg, batch_size=16), n=40, seed=3, record_rows=False).patients
@@ -67,6 +68,7 @@ def test_same_seed_same_cohort(default_config):
     pd.testing.assert_frame_equal(a.observations, b.observations)
 
 
+@pytest.mark.slow
 def test_float32_and_float64_both_work_and_agree(default_config):
     cfg = _small(default_config)
     r32 = cohort.simulate(replace(cfg, dtype="float32"), n=32, seed=0, record_rows=False).patients

@@ -130,6 +130,7 @@ def test_the_added_drug_lowers_free_il6_and_crs_on_the_same_patients(default_con
     np.testing.assert_allclose(np.asarray(rows1["il6_pg_ml"])[~treated], np.asarray(rows0["il6_pg_ml"])[~treated])
 
 
+@pytest.mark.slow
 def test_the_base_model_runs_unchanged_when_not_extended(default_config, patients):
     p, keys = patients
     _, a = run(default_config, p, keys, BASE, rules.STANDARD, days=5.0)
