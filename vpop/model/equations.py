@@ -59,6 +59,11 @@ def basal_myeloid(p):
     return rate / (rate + p["myeloid_deactivation"])
 
 
+def dex_suppression(level, p):
+    """Fractional suppression by dexamethasone at effect-site `level` (ng/mL): Emax model."""
+    return p["dex_emax"] * level / (level + p["dex_ic50"])
+
+
 def drug_levels(y, p):
     """Drug concentrations and their effects, from the drug states."""
     toci_ugml = y[IDX["toci"]] / p["toci_volume"]
@@ -66,8 +71,7 @@ def drug_levels(y, p):
     dex_ngml = 1000.0 * y[IDX["dex_central"]] / p["dex_central_volume"]
     # Suppression follows the effect site, not plasma: glucocorticoids act through gene expression, so
     # dexamethasone's effect lasts 36-54 h although its plasma half-life is ~4 h.
-    dex_site = y[IDX["dex_effect"]]
-    dex_inh = p["dex_emax"] * dex_site / (dex_site + p["dex_ic50"])
+    dex_inh = dex_suppression(y[IDX["dex_effect"]], p)
     anakinra_pgml = 1e6 * y[IDX["anakinra"]] / p["anakinra_volume"]
     return toci_ugml, toci_block, dex_ngml, dex_inh, anakinra_pgml
 
@@ -248,8 +252,7 @@ def production_loss(t, y, p):
     # Glia see the dexamethasone that crosses into the CSF, 15 % of plasma (Balis 1987), so a dose that
     # silences serum cytokines damps CNS inflammation less (ZUMA-1 cohort 4: 17 % neurologic events >= 3
     # under steroids from grade 1).
-    dex_cns = p["dex_csf_fraction"] * s["dex_effect"]
-    dex_inh_cns = p["dex_emax"] * dex_cns / (dex_cns + p["dex_ic50"])
+    dex_inh_cns = dex_suppression(p["dex_csf_fraction"] * s["dex_effect"], p)
     glia_act = p["glia_activation_rate"] * p["cns_sensitivity"] * glia_stimulus * (1.0 - dex_inh_cns)
     P_glia = glia_act
     D_glia = glia_act + p["glia_deactivation"]

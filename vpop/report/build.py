@@ -720,12 +720,13 @@ def laplace_uncertainty(page: Page, diag: dict) -> None:
     se_h = diag["se_log_hessian"]
     se_s = diag.get("se_log_sandwich") or {}
     mode = diag.get("map") or {}
+    ratio = {k: se_s[k] / h for k, h in se_h.items() if se_s.get(k) and h}
     rows = []
     for k, h in se_h.items():
         row = {"parameter": k, "MAP": mode.get(k, float("nan")), "SE (log), Hessian": h}
         if se_s:
             row["SE (log), sandwich"] = se_s.get(k, float("nan"))
-            row["sandwich / Hessian"] = se_s.get(k, float("nan")) / h if h else float("nan")
+            row["sandwich / Hessian"] = ratio.get(k, float("nan"))
         rows.append(row)
     page.heading("Standard errors (Laplace)", 3)
     chosen = diag.get("covariance", "hessian")
@@ -734,9 +735,8 @@ def laplace_uncertainty(page: Page, diag: dict) -> None:
                f"{chosen} covariance. The sandwich (R^-1 S R^-1 from the patients' scores) is robust to a "
                "misspecified residual or random-effect model: a ratio far from 1 says the model's own "
                "uncertainty is not to be trusted (docs/fitting.md).")
-    ratios = [se_s[k] / se_h[k] for k in se_h if se_s.get(k) and se_h[k]]
-    off = [k for k in se_h if se_s.get(k) and se_h[k] and not 0.5 <= se_s[k] / se_h[k] <= 2.0]
-    if ratios and off:
+    off = [k for k, r in ratio.items() if not 0.5 <= r <= 2.0]
+    if off:
         page.note("Warning: the sandwich and Hessian standard errors differ more than twofold for "
                   + ", ".join(off) + ": the statistical model is likely misspecified.", warning=True)
     corr = diag.get("correlation") or {}
