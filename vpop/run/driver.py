@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from vpop.engine import sharding
+from vpop.engine import saved_program, sharding
 from vpop.errors import UserError
 from vpop.policy import rules as policy_mod
 from vpop.population import patient_table as patient_table_mod
@@ -69,7 +69,8 @@ def executable(jitted, settings, *args):
     leaves, tree = jax.tree_util.tree_flatten(args)
     key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves), jax.config.jax_enable_x64)
     if key not in EXECUTABLES:
-        EXECUTABLES[key] = jitted.lower(*args).compile()
+        # From the program saved by an earlier process where one fits (skips tracing), else traced.
+        EXECUTABLES[key] = saved_program.compile(jitted, settings, *args)
     return EXECUTABLES[key]
 
 

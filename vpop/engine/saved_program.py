@@ -1,0 +1,126 @@
+"""The engine's lowered program kept beside the compilation cache, so a later process need not trace it.
+
+JAX finds a compiled program in its persistent cache (`vpop.engine.compile_cache`)
+by the program itself, so every process still traces the Python engine and
+lowers it before it can look the executable up: about a second on a CPU, a
+fixed cost of every `vpop simulate` (issue 14, target 2). This module saves
+the lowered program once (StableHLO, through `jax.export`) and later
+processes deserialise it in a few milliseconds instead; compiling it then
+loads the executable from the persistent cache as before.
+
+A saved program is used only where its key sees everything that made it:
+
+* the built-in model and management rules (`settings.model is BASE`,
+  `settings.rule is STANDARD`): an extension's Python is not hashed, so an
+  extended model is always traced;
+* vpop's own source: the key hashes every ``.py`` file of the package, so an
+  edited vpop never loads a program traced from the old code;
+* the jax and jaxlib versions, the x64 flag, the platform, the static
+  settings (their repr) and the argument tree, shapes and dtypes;
+* one local device, and the persistent cache on (``VPOP_NO_CACHE=1`` turns
+  both off); several devices take `vpop.engine.sharding`'s own path.
+
+A file that cannot be read or deserialised is ignored and rewritten. The
+outputs are those of the traced engine bit for bit (tests/test_saved_program.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jaxlib
+from jax import export
+
+import vpop
+from vpop.engine import compile_cache
+from vpop.model.spec import BASE
+from vpop.policy import rules as policy_mod
+from vpop.policy.settings import PolicyArrays
+
+SUFFIX = ".jaxexport"
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """SHA-256 of vpop's Python source (paths and contents), computed once per process."""
+    root = Path(vpop.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _register_pytrees() -> None:
+    import flatbuffers  # noqa: F401  (what jax.export's serialisation imports; fail here, not mid-save)
+
+    # The policy's arrays are a NamedTuple: jax.export serialises only node types it was told about.
+    export.register_namedtuple_serialization(PolicyArrays, serialized_name="vpop.policy.PolicyArrays")
+
+
+def folder() -> Path | None:
+    """Where saved programs live (inside the compilation cache), or None when they are not used."""
+    if compile_cache.disabled() or not jax.config.jax_compilation_cache_dir:
+        return None
+    return Path(jax.config.jax_compilation_cache_dir) / "vpop-programs"
+
+
+def eligible(settings) -> bool:
+    """Whether this engine's program is fully determined by what the key hashes."""
+    return (getattr(settings, "model", None) is BASE and getattr(settings, "rule", None) is policy_mod.STANDARD
+            and len(jax.local_devices()) == 1 and folder() is not None)
+
+
+def key(settings, args) -> str:
+    """The file name's hash: source, versions, precision, platform, settings, argument structure."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    parts = (source_digest(), jax.__version__, jaxlib.__version__,
+             bool(jax.config.jax_enable_x64), jax.default_backend(), repr(settings), str(tree),
+             tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _load(path: Path):
+    try:
+        return export.deserialize(bytearray(path.read_bytes()))
+    except Exception:  # a truncated or foreign file: trace again and overwrite it
+        return None
+
+
+def _save(path: Path, exported) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(exported.serialize())
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    except OSError as err:
+        warnings.warn(f"vpop: could not save the engine's program to {path}: {err}", stacklevel=3)
+
+
+def compile(jitted, settings, *args):
+    """`jitted.lower(*args).compile()`, from a saved program when one fits (saving it the first time)."""
+    where = folder()
+    if where is None or not eligible(settings):
+        return jitted.lower(*args).compile()
+    try:
+        _register_pytrees()
+    except ImportError:  # jax.export's serialisation needs `flatbuffers`; without it, trace as before
+        return jitted.lower(*args).compile()
+    path = where / f"{key(settings, args)}{SUFFIX}"
+    exported = _load(path) if path.exists() else None
+    if exported is None:
+        exported = export.export(jitted)(*args)
+        _save(path, exported)
+
+    def batch(*arrays):  # named as the engine is, so the cache entry is still `jit_batch-...`
+        return exported.call(*arrays)
+
+    return jax.jit(batch).lower(*args).compile()
