@@ -21,6 +21,13 @@ from vpop.run import driver
 from vpop.run.config import load_config
 
 
+@pytest.fixture(scope="module")
+def engine_call():
+    """(jitted engine, settings, args, outputs of the traced engine) of a short course, from the driver."""
+    jitted, settings, args = _engine_call()
+    return jitted, settings, args, jitted.lower(*args).compile()(*args)
+
+
 def _engine_call(days=1.0, n=4):
     """(jitted engine, settings, args) of a short course, captured from the driver."""
     cfg = load_config(None)
@@ -29,7 +36,7 @@ def _engine_call(days=1.0, n=4):
 
     def spy(jitted, settings, *args):
         captured["call"] = (jitted, settings, args)
-        return jitted.lower(*args).compile()
+        return jitted.lower(*args).compile()  # traced: no saved program is involved here
 
     original = driver.executable
     driver.executable = spy
@@ -55,9 +62,8 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_saved_program_gives_the_traced_engines_outputs_bit_for_bit(programs):
-    jitted, settings, args = _engine_call()
-    traced = jitted.lower(*args).compile()(*args)
+def test_saved_program_gives_the_traced_engines_outputs_bit_for_bit(programs, engine_call):
+    jitted, settings, args, traced = engine_call
     first = saved_program.compile(jitted, settings, *args)  # traces, saves
     files = list(programs.glob(f"*{saved_program.SUFFIX}"))
     assert len(files) == 1
@@ -67,8 +73,8 @@ def test_saved_program_gives_the_traced_engines_outputs_bit_for_bit(programs):
     _same(traced, again(*args))
 
 
-def test_key_changes_with_settings_shapes_source_and_precision(programs, monkeypatch):
-    jitted, settings, args = _engine_call()
+def test_key_changes_with_settings_shapes_source_and_precision(programs, monkeypatch, engine_call):
+    jitted, settings, args, _ = engine_call
     base = saved_program.key(settings, args)
     assert saved_program.key(settings, args) == base  # deterministic
     assert saved_program.key(replace(settings, days=2.0), args) != base
@@ -81,23 +87,34 @@ def test_key_changes_with_settings_shapes_source_and_precision(programs, monkeyp
         assert saved_program.key(settings, args) != base
 
 
-def test_extended_model_or_custom_rules_are_always_traced(programs):
-    jitted, settings, args = _engine_call()
+def test_extended_model_or_custom_rules_are_always_traced(programs, engine_call):
+    jitted, settings, args, _ = engine_call
     assert saved_program.eligible(settings)
     custom = replace(settings, rule=policy_mod.chain(policy_mod.tocilizumab))
     assert not saved_program.eligible(custom)
     assert not saved_program.eligible(replace(settings, model=BASE.extend()))  # equal, but not the built-in
-    saved_program.compile(jitted, custom, *args)
+
+    class Traced:  # stands in for the jitted engine: records that the traced path was taken
+        calls = 0
+
+        def lower(self, *a):
+            Traced.calls += 1
+            return self
+
+        def compile(self):
+            return "traced"
+
+    assert saved_program.compile(Traced(), custom, *args) == "traced" and Traced.calls == 1
     assert not programs.exists() or not list(programs.iterdir())
 
 
-def test_a_corrupt_file_is_ignored_and_rewritten(programs):
-    jitted, settings, args = _engine_call()
+def test_a_corrupt_file_is_ignored_and_rewritten(programs, engine_call):
+    jitted, settings, args, traced = engine_call
     path = programs / f"{saved_program.key(settings, args)}{saved_program.SUFFIX}"
     programs.mkdir(parents=True)
     path.write_bytes(b"not a program")
     out = saved_program.compile(jitted, settings, *args)(*args)
-    _same(jitted.lower(*args).compile()(*args), out)
+    _same(traced, out)
     assert path.read_bytes() != b"not a program"
 
 
@@ -128,6 +145,7 @@ def _process(cache, mode):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_a_later_process_runs_the_engine_without_tracing_it(tmp_path):
     cache = tmp_path / "cache"
     # Without a saved program the engine must be traced: the guard is real.
