@@ -10,13 +10,13 @@ moved away from the values it was run around (as they do when a fit is written).
 Method (vpop/trials/joint_calibration.py; docs/calibration.md): every rate row of the published-cohort
 table, each under its trial's own management and scale, simulated by the full engine on a Sobol design
 around the presets' current values; a quadratic emulator per row; a hierarchical posterior (shared
-biology, construct / antigen-disease / B-ALL effects, product deviations, a free variability scale)
+biology, construct / antigen-disease / B-ALL effects, product deviations, free variability scales)
 sampled with NUTS; coverage of the 90 % intervals on synthetic tables drawn at known parameters.
 
 It writes:
 * each preset's CALIBRATION block (posterior medians of its fever, leak and neuro constants);
-* the variability block of axicel.yaml (the base every preset extends): the sensitivities' SDs times
-  the posterior median of the variability scale;
+* the variability block of axicel.yaml (the base every preset extends): each group's sensitivities'
+  SDs times the posterior median of its variability scale;
 * vpop/data/calibration/<preset>.nc: the posterior draws of the preset's constants (ArviZ, variable
   `theta`), which sweeps use as `posterior: {path: calibration}`;
 * docs/calibration.md below its GENERATED marker, and docs/calibration.json (design and results).
@@ -80,14 +80,15 @@ def write_posterior(preset: str, post: jc.JointPosterior) -> Path:
     return path
 
 
-def scale_variability(text: str, factor: float) -> str:
-    """axicel.yaml with each sensitivity's SD multiplied by `factor` (inside its variability block)."""
-    def one(m):
-        return f"{m.group(1)}{float(m.group(2)) * factor:.4g}"
-    for name in jc.SENSITIVITIES:
-        text, n = re.subn(rf"^(    {name}: )([-+.\deE]+)", one, text, count=1, flags=re.M)
-        if n != 1:
-            raise SystemExit(f"axicel.yaml: population.variability.{name} not found")
+def scale_variability(text: str, factors: dict[str, float]) -> str:
+    """axicel.yaml with each sensitivity's SD multiplied by its group's factor (inside its variability block)."""
+    for group, names in jc.VARIABILITY:
+        def one(m, f=factors[group]):
+            return f"{m.group(1)}{float(m.group(2)) * f:.4g}"
+        for name in names:
+            text, n = re.subn(rf"^(    {name}: )([-+.\deE]+)", one, text, count=1, flags=re.M)
+            if n != 1:
+                raise SystemExit(f"axicel.yaml: population.variability.{name} not found")
     return text
 
 
@@ -109,10 +110,12 @@ def render(design, emulator, post, cov, args, seconds) -> str:
             a = np.exp(post.phi[:, g, j])
             out.append(f"| {preset} | `{k}` | {np.exp(design.centre[g, j]):.4g} | {q(a, 0.5):.4g} | "
                        f"{q(a, 0.05):.4g}–{q(a, 0.95):.4g} |")
-    s = np.exp(post.log_iiv_scale)
-    out += ["", f"Variability scale (multiplies the SDs of {', '.join(jc.SENSITIVITIES)}): median "
-            f"{q(s, 0.5):.3f}, 90% interval {q(s, 0.05):.3f}–{q(s, 0.95):.3f}.", "",
-            "## Posterior: shared biology and its effects (log scale)", "",
+    out.append("")
+    for i, (group, names) in enumerate(jc.VARIABILITY):
+        s = np.exp(post.log_iiv_scale[:, i])
+        out.append(f"Variability scale `{group}` (multiplies the SDs of {', '.join(names)}): median "
+                   f"{q(s, 0.5):.3f}, 90% interval {q(s, 0.05):.3f}–{q(s, 0.95):.3f}.")
+    out += ["", "## Posterior: shared biology and its effects (log scale)", "",
             "| effect | " + " | ".join(f"`{k}`" for k in jc.FREE) + " |", "|---|---|---|---|"]
     for e, name in enumerate(jc.EFFECTS):
         cells = [f"{q(post.delta[:, e, j], 0.5):+.2f} ({q(post.delta[:, e, j], 0.05):+.2f} to "
@@ -158,8 +161,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=32, help="design points per preset")
     ap.add_argument("--n", type=int, default=800, help="virtual patients per arm and design point")
-    ap.add_argument("--box", default="0.6,0.6,0.6,0.35",
-                    help="half-widths of the design box in log: the three constants, then the variability scale")
+    ap.add_argument("--box", default="0.6,0.6,0.6,0.35,0.6",
+                    help="half-widths of the design box in log: the three constants, then the variability scales")
     ap.add_argument("--seed", type=int, default=20261130)
     ap.add_argument("--warmup", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=1000)
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
     text = render(design, emulator, post, cov, args, time.perf_counter() - t0)
     for preset in design.presets:
         print(f"  {preset}: {post.values(preset)}")
-    print(f"  variability scale {post.iiv_scale():.3f}")
+    print(f"  variability scales {post.iiv_scales()}")
     if args.dry_run:
         print(text)
         return 0
@@ -216,13 +219,13 @@ def main(argv=None) -> int:
                                    "(docs/calibration.md); vpop/data/calibration/ holds the draws"))
         write_posterior(preset, post)
     base = CONFIGS / "axicel.yaml"
-    base.write_text(scale_variability(base.read_text(), post.iiv_scale()))
+    base.write_text(scale_variability(base.read_text(), post.iiv_scales()))
     head = DOC.read_text().split(GENERATED)[0] if DOC.exists() and GENERATED in DOC.read_text() else (
         DOC.read_text().split("<!-- GENERATED")[0] if DOC.exists() else "# Calibration\n\n")
     DOC.write_text(head.rstrip("\n") + "\n\n" + text)
     STORE.write_text(json.dumps({"diagnostics": post.diagnostics,
                                  "values": {p: post.values(p) for p in design.presets},
-                                 "iiv_scale": post.iiv_scale(), "loo_rmse": emulator.loo_rmse.tolist(),
+                                 "iiv_scales": post.iiv_scales(), "loo_rmse": emulator.loo_rmse.tolist(),
                                  "coverage": None if cov is None else cov.to_dict("records"),
                                  "cohorts": cohorts, "date": time.strftime("%Y-%m-%d")}, indent=1, default=float))
     print(f"wrote the presets' blocks, {POSTERIORS}/, {DOC} and {STORE}")

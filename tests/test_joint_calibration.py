@@ -13,14 +13,15 @@ jax = pytest.importorskip("jax")
 def test_quadratic_features_are_one_linear_and_every_product_once():
     x = np.array([[2.0, 3.0]])
     np.testing.assert_allclose(jc.quadratic_features(x), [[1, 2, 3, 4, 6, 9]])
-    assert jc.quadratic_features(np.zeros((1, jc.N_INPUTS))).shape == (1, 15)
+    assert jc.N_INPUTS == len(jc.FREE) + len(jc.VARIABILITY) == 5
+    assert jc.quadratic_features(np.zeros((1, jc.N_INPUTS))).shape == (1, 21)  # 1 + 5 + 15
     np.testing.assert_allclose(np.asarray(jc.quadratic_features(jax.numpy.asarray(x))), jc.quadratic_features(x))
 
 
 def test_emulator_recovers_a_known_quadratic_logit():
     rng = np.random.default_rng(0)
     x = rng.uniform(-0.6, 0.6, size=(40, jc.N_INPUTS))
-    true = rng.normal(0, 0.5, size=15)
+    true = rng.normal(0, 0.5, size=21)
     true[0] = -1.0
     p = 1 / (1 + np.exp(-jc.quadratic_features(x) @ true))
     n = np.full((40, 1), 2e6)
@@ -50,20 +51,31 @@ def test_a_calibration_point_scales_only_the_sensitivities():
     assert out.parameters["leak_rate"] == 0.123
     for k, v in cfg.population.omega.items():
         assert out.population.omega[k] == pytest.approx(v * 2.0 if k in jc.SENSITIVITIES else v)
+    # each variability group has its own scale: the neurologic susceptibility apart from the inflammatory ones
+    out = jc.with_inputs(cfg, {}, [2.0, 3.0])
+    groups = dict(jc.VARIABILITY)
+    assert groups["neuro_iiv_scale"] == ("neuro_sensitivity",)
+    for k, v in cfg.population.omega.items():
+        want = v * 3.0 if k in groups["neuro_iiv_scale"] else v * 2.0 if k in groups["iiv_scale"] else v
+        assert out.population.omega[k] == pytest.approx(want), k
 
 
 def _synthetic(truth_phi, log_scale, n_trial=20000):
-    """Two presets (one with the CD28 effect), four rows each (eight counts for seven unknowns); a linear
+    """Two presets (one with the CD28 effect), five rows each (ten counts for eight unknowns); a linear
     logit in every input."""
     rng = np.random.default_rng(3)
-    centre = np.array([[0.0, 0.0, 0.0, 0.0], [0.2, -0.1, 0.1, 0.0]])
-    coef = np.zeros((8, 15))
-    coef[:, 0] = [-1.0, -2.0, 0.0, 0.7, -1.5, 0.5, -0.5, -2.5]
+    centre = np.array([[0.0, 0.0, 0.0, 0.0, 0.0], [0.2, -0.1, 0.1, 0.0, 0.0]])
+    coef = np.zeros((10, 21))
+    coef[:, 0] = [-1.0, -2.0, 0.0, 0.7, -1.5, 0.5, -0.5, -2.5, -0.3, 0.2]
     for r in range(8):
         coef[r, 1:5] = rng.normal(0, 1.5, size=4)
-    data = jc.PosteriorData(jax.numpy.asarray(coef), jax.numpy.asarray([0, 0, 0, 0, 1, 1, 1, 1]),
-                            jax.numpy.asarray(centre), jax.numpy.asarray([0.6, 0.6, 0.6, 0.35]),
-                            jax.numpy.asarray([[1.0, 0, 0], [0, 0, 0]]), jax.numpy.full(8, float(n_trial)),
+    # the second variability scale: a slope in every row, and one more row per preset that it drives most
+    coef[:, 5] = np.random.default_rng(4).normal(0, 0.8, size=10)
+    coef[8:, 5] = [1.5, -1.2]
+    coef[8:, 1:5] = np.random.default_rng(5).normal(0, 0.5, size=(2, 4))
+    data = jc.PosteriorData(jax.numpy.asarray(coef), jax.numpy.asarray([0, 0, 0, 0, 1, 1, 1, 1, 0, 1]),
+                            jax.numpy.asarray(centre), jax.numpy.asarray([0.6, 0.6, 0.6, 0.35, 0.6]),
+                            jax.numpy.asarray([[1.0, 0, 0], [0, 0, 0]]), jax.numpy.full(10, float(n_trial)),
                             jax.numpy.asarray(np.log([[0.01, 100.0]] * 3)))
     logits, _ = jc.emulated_logits(data, jax.numpy.asarray(truth_phi), jax.numpy.asarray(log_scale))
     counts = np.round(n_trial / (1 + np.exp(-np.asarray(logits))))  # the expected counts: no noise
@@ -73,17 +85,17 @@ def _synthetic(truth_phi, log_scale, n_trial=20000):
 @pytest.mark.slow
 def test_posterior_recovers_known_constants_from_rich_tables():
     truth = np.array([[0.2, -0.2, 0.1], [0.0, 0.2, -0.1]])
-    data, counts = _synthetic(truth, 0.1)
+    data, counts = _synthetic(truth, [0.1, -0.2])
     post = jc.sample_posterior(data, counts, warmup=300, draws=300, chains=1, seed=1)
     np.testing.assert_allclose(np.median(post.phi, axis=0), truth, atol=0.05)
-    assert abs(np.median(post.log_iiv_scale) - 0.1) < 0.05
+    np.testing.assert_allclose(np.median(post.log_iiv_scale, axis=0), [0.1, -0.2], atol=0.05)
     assert post.diagnostics["divergences"] < 15
 
 
 def test_the_design_box_confines_the_posterior():
     """A table that wants a value far outside the box gets the box's edge, not an extrapolated surface."""
     truth = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # 2.0 is far outside the +-0.6 box
-    data, counts = _synthetic(truth, 0.0, n_trial=2000)
+    data, counts = _synthetic(truth, [0.0, 0.0], n_trial=2000)
     post = jc.sample_posterior(data, counts, warmup=150, draws=150, chains=1, seed=2)
     assert np.quantile(post.phi[:, 0, 0], 0.95) < 0.6 + 0.1
 
@@ -109,7 +121,7 @@ def test_shipped_presets_carry_the_joint_posterior_medians():
 def test_the_plausible_range_bounds_the_posterior_too():
     """Inside the box but beyond the parameter table's range: the posterior stops at the range."""
     truth = np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    data, counts = _synthetic(truth, 0.0, n_trial=2000)
+    data, counts = _synthetic(truth, [0.0, 0.0], n_trial=2000)
     data = data._replace(bounds=jax.numpy.asarray(np.log([[0.1, np.exp(0.2)], [0.01, 100.0], [0.01, 100.0]])))
     post = jc.sample_posterior(data, counts, warmup=150, draws=150, chains=1, seed=2)
     assert np.quantile(post.phi[:, 0, 0], 0.95) < 0.2 + 0.08
@@ -126,11 +138,11 @@ def test_coverage_truths_stay_where_the_prior_puts_mass():
 
     top = np.log(TABLE["fever_drive_ec50"].high)
     centre = np.array([[top - 0.05, np.log(TABLE["leak_rate"].value), np.log(TABLE["neuro_injury_rate"].value),
-                        0.0]])
-    half = np.array([0.6, 0.6, 0.6, 0.35])
-    coef = np.zeros((2, 15))
+                        0.0, 0.0]])
+    half = np.array([0.6, 0.6, 0.6, 0.35, 0.6])
+    coef = np.zeros((2, 21))
     coef[:, 0] = [-1.0, 0.5]
-    coef[:, 1:5] = [[1.0, 0.5, 0.0, 0.3], [0.0, 1.0, 1.0, 0.2]]
+    coef[:, 1:6] = [[1.0, 0.5, 0.0, 0.3, 0.4], [0.0, 1.0, 1.0, 0.2, -0.3]]
     design = jc.Design(presets=["p"], centre=centre, half_width=half, effects=np.zeros((1, 3)),
                        targets=[SimpleNamespace(n=500), SimpleNamespace(n=500)], row_preset=np.zeros(2, int),
                        x={}, events={}, patients={})

@@ -5,17 +5,17 @@ policy and grading scale (`vpop.trials.validation.COHORTS`), on the full engine:
 treatment, management included. Three steps make it tractable:
 
 1. **Design.** For each product preset, `points` parameter sets (a scrambled Sobol design) in a box
-   around the current values of the free typical values `FREE` and of one shared scale of the
-   between-patient variability (`SENSITIVITIES`' SDs multiplied by `iiv_scale`). At each point the
+   around the current values of the free typical values `FREE` and of the scales of the
+   between-patient variability (`VARIABILITY`: each group's SDs multiplied by its scale). At each point the
    engine simulates the preset's trial arms on the same virtual patients (common random numbers) and
    counts the events of every row.
-2. **Emulator.** Per row, a quadratic response surface in the four log inputs, fitted to the logit of the
+2. **Emulator.** Per row, a quadratic response surface in the five log inputs, fitted to the logit of the
    simulated rates by weighted least squares (binomial weights). Its leave-one-out error is reported:
    it is the part of the fit's uncertainty the posterior does not carry.
 3. **Posterior.** A hierarchical model in NumPyro, sampled with NUTS: log typical values shared by all
    products (`mu`), effects of construct (CD28 vs 4-1BB), antigen/disease (BCMA in myeloma; the two
    coincide in the table, so one effect) and B-ALL on top (`delta`), a product-level deviation with its
-   own scale (`tau`, `z`), the shared variability scale, and every published count as binomial data
+   own scale (`tau`, `z`), the shared variability scales, and every published count as binomial data
    at the emulated rate. The posterior is confined to the design box (a steep penalty outside it),
    where the emulator was fitted, and to the parameter table's plausible ranges; draws on the edge
    of the box are reported.
@@ -38,10 +38,19 @@ from vpop.fitting.cohort_tables import Target, read_cohort_table
 from vpop.trials.validation import COHORTS, Runner, cohort_patients, rate_count
 
 FREE = ("fever_drive_ec50", "leak_rate", "neuro_injury_rate")
-SENSITIVITIES = ("cytokine_sensitivity", "myeloid_sensitivity", "endothelial_sensitivity", "bbb_sensitivity",
-                 "cns_sensitivity", "neuro_sensitivity")
+# Between-patient variability, free in groups: each group's sensitivities' SDs are multiplied by one scale.
+# Susceptibility to neuronal dysfunction has its own scale: how often a neurologic event becomes severe
+# (grade >= 3 among any grade: 0.17 in KarMMa, 0.44 in ZUMA-1, 0.57 in JULIET) is a property of its spread
+# across patients, which the inflammatory sensitivities' common scale cannot carry.
+VARIABILITY = (("iiv_scale", ("cytokine_sensitivity", "myeloid_sensitivity", "endothelial_sensitivity",
+                              "bbb_sensitivity", "cns_sensitivity")),
+               ("neuro_iiv_scale", ("neuro_sensitivity",)))
+SENSITIVITIES = tuple(name for _, group in VARIABILITY for name in group)
+# prior SD of each log scale: the common scale's SDs were fitted before; the neurologic one never was
+VARIABILITY_PRIOR_SD = (0.3, 0.5)
+N_SCALES = len(VARIABILITY)
 EFFECTS = ("CD28 costimulation", "BCMA / myeloma", "B-ALL")
-N_INPUTS = len(FREE) + 1  # the free typical values and the variability scale, all in log
+N_INPUTS = len(FREE) + N_SCALES  # the free typical values and the variability scales, all in log
 
 
 def product_effects(config) -> tuple[float, float, float]:
@@ -52,14 +61,14 @@ def product_effects(config) -> tuple[float, float, float]:
 
 
 def preset_centre(preset: str):
-    """(config, log inputs now): the preset's log constants and log 1 for the variability scale,
+    """(config, log inputs now): the preset's log constants and log 1 for each variability scale,
     the centre of its design box."""
     from vpop.population.sampler import PopulationSampler
     from vpop.run.config import load_config
 
     cfg = load_config(preset)
     typical = PopulationSampler(cfg.population, cfg.parameters).typical
-    return cfg, np.log([float(typical[k]) for k in FREE] + [1.0])
+    return cfg, np.log([float(typical[k]) for k in FREE] + [1.0] * N_SCALES)
 
 
 def calibration_targets(table) -> list[Target]:
@@ -67,10 +76,12 @@ def calibration_targets(table) -> list[Target]:
     return [t for t in read_cohort_table(table) if t.is_rate and t.n > 0 and t.cohort in COHORTS]
 
 
-def with_inputs(config, values: dict[str, float], iiv_scale: float):
-    """A preset's config at one calibration point."""
+def with_inputs(config, values: dict[str, float], scales):
+    """A preset's config at one calibration point; `scales` per variability group (one number: all groups)."""
     pop = config.population
-    omega = {k: (v * iiv_scale if k in SENSITIVITIES else v) for k, v in pop.omega.items()}
+    scales = np.broadcast_to(np.asarray(scales, float), (N_SCALES,))
+    factor = {name: float(scales[i]) for i, (_, group) in enumerate(VARIABILITY) for name in group}
+    omega = {k: v * factor.get(k, 1.0) for k, v in pop.omega.items()}
     return replace(config, parameters={**config.parameters, **values}, population=replace(pop, omega=omega))
 
 
@@ -158,7 +169,7 @@ class Design:
 
 
 def run_design(table, presets: list[str] | None = None, points: int = 32, n: int = 800, seed: int = 1,
-               half_width=(0.6, 0.6, 0.6, 0.35), progress: Callable[[str], None] | None = None) -> Design:
+               half_width=(0.6, 0.6, 0.6, 0.35, 0.6), progress: Callable[[str], None] | None = None) -> Design:
     """Simulate every preset's trial arms at `points` design points (Sobol in the box)."""
     from scipy.stats import qmc
 
@@ -180,7 +191,7 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
         pa = np.zeros((points, len(rows)))
         for i, off in enumerate(offsets):
             vals = dict(zip(FREE, np.exp(c[:3] + off[:3]).tolist()))
-            scale = float(np.exp(off[3]))
+            scale = np.exp(off[3:])
             runner = Runner(n, seed, adjust=lambda product, config, v=vals, s=scale: with_inputs(config, v, s))
             for j, t in enumerate(rows):
                 k, m = rate_count(t, cohort_patients(t, runner))
@@ -218,12 +229,13 @@ def posterior_data(design: Design, emulator: Emulator) -> PosteriorData:
                          jnp.asarray([t.n for t in design.targets], jnp.float64), jnp.asarray(bounds))
 
 
-def emulated_logits(data: PosteriorData, phi, log_scale):
-    """logit rate of every row at the presets' log typical values phi (presets, 3) and the variability scale."""
+def emulated_logits(data: PosteriorData, phi, log_scales):
+    """logit rate of every row at the presets' log typical values phi (presets, 3) and the log variability
+    scales (N_SCALES,), shared by every preset."""
     import jax.numpy as jnp
 
-    x = jnp.concatenate([phi - data.centre[:, :3], jnp.broadcast_to(log_scale - data.centre[:, 3:], (phi.shape[0], 1))],
-                        axis=-1)
+    x = jnp.concatenate([phi - data.centre[:, :3],
+                         jnp.broadcast_to(log_scales, (phi.shape[0], N_SCALES)) - data.centre[:, 3:]], axis=-1)
     feats = quadratic_features(x[data.row_preset])
     return jnp.sum(feats * data.coef, axis=-1), x
 
@@ -238,7 +250,7 @@ def model(data: PosteriorData, counts=None):
     delta = numpyro.sample("delta", dist.Normal(0.0, 0.5).expand([len(EFFECTS), len(FREE)]).to_event(2))
     tau = numpyro.sample("tau", dist.HalfNormal(0.3).expand([len(FREE)]).to_event(1))
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([n_presets, len(FREE)]).to_event(2))
-    log_scale = numpyro.sample("log_iiv_scale", dist.Normal(0.0, 0.3))
+    log_scale = numpyro.sample("log_iiv_scale", dist.Normal(0.0, jnp.asarray(VARIABILITY_PRIOR_SD)).to_event(1))
     phi = numpyro.deterministic("phi", mu + data.effects @ delta + tau * z)
     logits, x = emulated_logits(data, phi, log_scale)
     # the emulator holds inside the design box only
@@ -255,7 +267,7 @@ def model(data: PosteriorData, counts=None):
 class JointPosterior:
     presets: list[str]
     phi: np.ndarray  # (draws, presets, 3) log typical values
-    log_iiv_scale: np.ndarray  # (draws,)
+    log_iiv_scale: np.ndarray  # (draws, N_SCALES): the log variability scales, in VARIABILITY's order
     delta: np.ndarray  # (draws, effects, 3)
     tau: np.ndarray  # (draws, 3)
     diagnostics: dict
@@ -264,8 +276,12 @@ class JointPosterior:
         g = self.presets.index(preset)
         return {k: float(np.exp(np.quantile(self.phi[:, g, j], q))) for j, k in enumerate(FREE)}
 
-    def iiv_scale(self, q: float = 0.5) -> float:
-        return float(np.exp(np.quantile(self.log_iiv_scale, q)))
+    def iiv_scale(self, q: float = 0.5, group: int = 0) -> float:
+        return float(np.exp(np.quantile(self.log_iiv_scale[:, group], q)))
+
+    def iiv_scales(self, q: float = 0.5) -> dict[str, float]:
+        """Each variability group's scale at quantile q, by group name."""
+        return {name: self.iiv_scale(q, i) for i, (name, _) in enumerate(VARIABILITY)}
 
 
 def sample_posterior(data: PosteriorData, counts, warmup: int = 500, draws: int = 500, chains: int = 2,
@@ -308,9 +324,11 @@ def at_edge(post: JointPosterior, design: Design, margin: float = 0.05) -> list[
             lo, hi = np.quantile(post.phi[:, g, j] - design.centre[g, j], [0.05, 0.95])
             if lo < -design.half_width[j] + margin or hi > design.half_width[j] - margin:
                 out.append(f"{preset}.{k}")
-    lo, hi = np.quantile(post.log_iiv_scale - design.centre[0, 3], [0.05, 0.95])
-    if lo < -design.half_width[3] + margin or hi > design.half_width[3] - margin:
-        out.append("iiv_scale")
+    for i, (name, _) in enumerate(VARIABILITY):
+        j = len(FREE) + i
+        lo, hi = np.quantile(post.log_iiv_scale[:, i] - design.centre[0, j], [0.05, 0.95])
+        if lo < -design.half_width[j] + margin or hi > design.half_width[j] - margin:
+            out.append(name)
     return out
 
 
@@ -341,8 +359,8 @@ def coverage(design: Design, emulator: Emulator, replicates: int = 50, level: fl
     records = []
     for r in range(replicates):
         truth = rng.uniform(low, high)
-        truth[:, 3] = truth[0, 3]  # one variability scale shared by every preset
-        logits, _ = emulated_logits(data, jnp.asarray(truth[:, :3]), jnp.asarray(truth[0, 3]))
+        truth[:, 3:] = truth[0, 3:]  # variability scales shared by every preset
+        logits, _ = emulated_logits(data, jnp.asarray(truth[:, :3]), jnp.asarray(truth[0, 3:]))
         prob = 1 / (1 + np.exp(-np.asarray(logits)))
         counts = rng.binomial([t.n for t in design.targets], prob)
         post = sample_posterior(data, counts, warmup=warmup, draws=draws, chains=1, seed=r)
@@ -352,8 +370,10 @@ def coverage(design: Design, emulator: Emulator, replicates: int = 50, level: fl
                 records.append({"replicate": r, "preset": preset, "parameter": k, "truth": truth[g, j],
                                 "low": a, "high": b, "covered": a <= truth[g, j] <= b,
                                 "error": float(np.median(post.phi[:, g, j]) - truth[g, j])})
-        a, b = np.quantile(post.log_iiv_scale, [lo_q, hi_q])
-        records.append({"replicate": r, "preset": "all", "parameter": "iiv_scale", "truth": truth[0, 3], "low": a,
-                        "high": b, "covered": a <= truth[0, 3] <= b,
-                        "error": float(np.median(post.log_iiv_scale) - truth[0, 3])})
+        for i, (name, _) in enumerate(VARIABILITY):
+            j = len(FREE) + i
+            a, b = np.quantile(post.log_iiv_scale[:, i], [lo_q, hi_q])
+            records.append({"replicate": r, "preset": "all", "parameter": name, "truth": truth[0, j], "low": a,
+                            "high": b, "covered": a <= truth[0, j] <= b,
+                            "error": float(np.median(post.log_iiv_scale[:, i]) - truth[0, j])})
     return pd.DataFrame(records)
