@@ -141,7 +141,7 @@ def render(design, emulator, post, cov, args, seconds) -> str:
         reps = int(cov["replicate"].nunique())
         out += ["", "## Coverage on synthetic tables", "",
                 f"{reps} synthetic tables, each drawn at known parameters (every preset's constants and the "
-                "variability scale uniform in the inner 60% of the design box, the constants also within the "
+                "variability scales uniform in the inner 60% of the design box, the constants also within the "
                 "parameter table's plausible range, where the prior holds them; counts binomial with the table's "
                 "own trial sizes, the emulator as the simulator), each refitted with NUTS (1 x "
                 f"({args.cov_warmup} + {args.cov_draws})). Coverage of the central 90% interval, pooled over the "
