@@ -80,6 +80,7 @@ def test_key_changes_with_settings_shapes_source_and_precision(programs, monkeyp
     assert saved_program.key(replace(settings, days=2.0), args) != base
     wider = jax.tree_util.tree_map(lambda x: np.concatenate([x, x]) if np.ndim(x) else x, args)
     assert saved_program.key(settings, wider) != base
+    assert saved_program.key(settings, args, "another.function") != base
     monkeypatch.setattr(saved_program, "source_digest", lambda: "edited source")
     assert saved_program.key(settings, args) != base
     monkeypatch.undo()
@@ -110,7 +111,7 @@ def test_extended_model_or_custom_rules_are_always_traced(programs, engine_call)
 
 def test_a_corrupt_file_is_ignored_and_rewritten(programs, engine_call):
     jitted, settings, args, traced = engine_call
-    path = programs / f"{saved_program.key(settings, args)}{saved_program.SUFFIX}"
+    path = programs / f"{saved_program.key(settings, args, jitted.__qualname__)}{saved_program.SUFFIX}"
     programs.mkdir(parents=True)
     path.write_bytes(b"not a program")
     out = saved_program.compile(jitted, settings, *args)(*args)

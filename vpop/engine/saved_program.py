@@ -78,10 +78,11 @@ def eligible(settings) -> bool:
             and len(jax.local_devices()) == 1 and folder() is not None)
 
 
-def key(settings, args) -> str:
-    """The file name's hash: source, versions, precision, platform, settings, argument structure."""
+def key(settings, args, function: str = "") -> str:
+    """The file name's hash: source, versions, precision, platform, settings, argument structure and the
+    traced function's qualified name (one settings object may be traced by more than one function)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    parts = (source_digest(), jax.__version__, jaxlib.__version__,
+    parts = (source_digest(), function, jax.__version__, jaxlib.__version__,
              bool(jax.config.jax_enable_x64), jax.default_backend(), repr(settings), str(tree),
              tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
     return hashlib.sha256(repr(parts).encode()).hexdigest()
@@ -95,6 +96,7 @@ def _load(path: Path):
 
 
 def _save(path: Path, exported) -> None:
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -103,6 +105,8 @@ def _save(path: Path, exported) -> None:
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
     except OSError as err:
         warnings.warn(f"vpop: could not save the engine's program to {path}: {err}", stacklevel=3)
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def compile(jitted, settings, *args):
@@ -114,7 +118,7 @@ def compile(jitted, settings, *args):
         _register_pytrees()
     except ImportError:  # jax.export's serialisation needs `flatbuffers`; without it, trace as before
         return jitted.lower(*args).compile()
-    path = where / f"{key(settings, args)}{SUFFIX}"
+    path = where / f"{key(settings, args, getattr(jitted, '__qualname__', type(jitted).__qualname__))}{SUFFIX}"
     exported = _load(path) if path.exists() else None
     if exported is None:
         exported = export.export(jitted)(*args)
