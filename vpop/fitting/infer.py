@@ -231,7 +231,8 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         start.update(init_values_override)
     strategy = init_to_sample() if init == "sample" else init_to_value(values=start)
     scans = {}
-    if fast_path(problem, cohort, options) and init == "reference":
+    data_as_argument = fast_path(problem, cohort, options) and init == "reference"
+    if data_as_argument:
         # The data as an argument of the compiled sampler (`vpop.fitting.traced`): NumPyro's HMC takes the model's
         # arguments at every step, so data sets of one design share one kernel and its compiled segments.
         from vpop.fitting.traced import traced
@@ -272,10 +273,16 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         checkpoint.clear(save_dir)
     total = warmup + draws
 
+    # Only the fast path's model arguments are arrays that can pass into the compiled segment; the others
+    # (a FitProblem, cohort tables) are static and closed over.
+    segment_args = args if data_as_argument else ()
+
     def make_scan(length):  # NUTS iterations of one saved segment (the course's time loop is the engine's)
         def run(st, a):
+            model_args = a if data_as_argument else args
+
             def body(s, _):
-                s = kernel.sample(s, a, kwargs)
+                s = kernel.sample(s, model_args, kwargs)
                 return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.energy)
 
             return jax.lax.scan(body, st, None, length=length)
@@ -288,7 +295,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
             length = min(length, warmup - done)  # a segment is all warm-up or all sampling
         if length not in scans:
             scans[length] = make_scan(length)
-        state, (z, div, nsteps, acc, energy) = scans[length](state, args)
+        state, (z, div, nsteps, acc, energy) = scans[length](state, segment_args)
         jax.block_until_ready(state)
         seg = {"z": {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in z.items()},
                "diverging": np.swapaxes(np.asarray(div), 0, 1), "num_steps": np.swapaxes(np.asarray(nsteps), 0, 1),
