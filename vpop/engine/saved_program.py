@@ -58,11 +58,15 @@ def source_digest() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _register_pytrees() -> None:
-    import flatbuffers  # noqa: F401  (what jax.export's serialisation imports; fail here, not mid-save)
-
+def _serialisable() -> bool:
+    """Whether jax.export can serialise the engine here (registering the policy's NamedTuple once)."""
+    try:
+        import flatbuffers  # noqa: F401  (what jax.export's serialisation imports; fail here, not mid-save)
+    except ImportError:  # without it, the engine is traced as before
+        return False
     # The policy's arrays are a NamedTuple: jax.export serialises only node types it was told about.
     export.register_namedtuple_serialization(PolicyArrays, serialized_name="vpop.policy.PolicyArrays")
+    return True
 
 
 def folder() -> Path | None:
@@ -111,14 +115,9 @@ def _save(path: Path, exported) -> None:
 
 def compile(jitted, settings, *args):
     """`jitted.lower(*args).compile()`, from a saved program when one fits (saving it the first time)."""
-    where = folder()
-    if where is None or not eligible(settings):
+    if not (eligible(settings) and _serialisable()):
         return jitted.lower(*args).compile()
-    try:
-        _register_pytrees()
-    except ImportError:  # jax.export's serialisation needs `flatbuffers`; without it, trace as before
-        return jitted.lower(*args).compile()
-    path = where / f"{key(settings, args, getattr(jitted, '__qualname__', type(jitted).__qualname__))}{SUFFIX}"
+    path = folder() / f"{key(settings, args, getattr(jitted, '__qualname__', type(jitted).__qualname__))}{SUFFIX}"
     exported = _load(path) if path.exists() else None
     if exported is None:
         exported = export.export(jitted)(*args)

@@ -276,12 +276,10 @@ class JointPosterior:
         g = self.presets.index(preset)
         return {k: float(np.exp(np.quantile(self.phi[:, g, j], q))) for j, k in enumerate(FREE)}
 
-    def iiv_scale(self, q: float = 0.5, group: int = 0) -> float:
-        return float(np.exp(np.quantile(self.log_iiv_scale[:, group], q)))
-
     def iiv_scales(self, q: float = 0.5) -> dict[str, float]:
         """Each variability group's scale at quantile q, by group name."""
-        return {name: self.iiv_scale(q, i) for i, (name, _) in enumerate(VARIABILITY)}
+        return {name: float(np.exp(np.quantile(self.log_iiv_scale[:, i], q)))
+                for i, (name, _) in enumerate(VARIABILITY)}
 
 
 def sample_posterior(data: PosteriorData, counts, warmup: int = 500, draws: int = 500, chains: int = 2,

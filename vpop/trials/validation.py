@@ -367,10 +367,10 @@ def score_row(t: Target, note: str, runner: Runner) -> dict:
         if t.n == 0:
             return {**row, "verdict": "not scored", "reason": "n not reported: no published interval"}
         inside, lo, hi = in_published_interval(sim, t)  # the published interval stands either way
+        row.update(pub_low=lo, pub_high=hi)
         if m == 0:
-            return {**row, "pub_low": lo, "pub_high": hi, "verdict": "OUT",
-                    "reason": "no simulated patient in the scored group"}
-        return {**row, "pub_low": lo, "pub_high": hi, "verdict": "IN" if inside else "OUT"}
+            return {**row, "verdict": "OUT", "reason": "no simulated patient in the scored group"}
+        return {**row, "verdict": "IN" if inside else "OUT"}
     if wants_rows:
         days = analyte_peak_days(observations[observations["patient_id"].isin(pts["patient_id"])])
         med, mlo, mhi = median_interval(days)
