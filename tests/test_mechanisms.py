@@ -161,3 +161,82 @@ def test_untreated_tumours_are_not_all_cleared_in_the_first_week(default_config)
     left = np.asarray(y7[:, equations.IDX["antigen"]] / p["tumor_burden"])
     assert 0.2 < np.median(left) < 0.95
     assert (left > 0.1).mean() > 0.5
+
+
+# --- the infused cells' first activation ---------------------------------------------------------------
+
+
+def test_first_activation_chain_follows_its_closed_form(default_config):
+    """H and F are a linear two-step chain from the infused level: H = E0 exp(-t/tH) and
+    F = E0 tF/(tF - tH) (exp(-t/tF) - exp(-t/tH)), whatever the rest of the patient does."""
+    import jax
+
+    from vpop.observation import readouts
+    from vpop.solver.etdrk import integrate_interval
+
+    p = _sampled(default_config, 16)
+
+    def course(p):
+        def step(y, k):
+            t = k * 0.25
+            y, _, _ = integrate_interval(equations.production_loss, readouts.interval_signs, t, t + 0.25, y, p, 6,
+                                         1e-3, 1e-3, 6)
+            return y, y
+        return jax.lax.scan(step, equations.initial_state(p), jnp.arange(12))[1]  # 3 days, every 6 h
+
+    ys = np.asarray(jax.jit(jax.vmap(course))(p), np.float64)  # patients x times x states
+    t = 0.25 * np.arange(1, 13)[None, :]
+    e0 = np.asarray(equations.initial_state(p)[equations.IDX["car_effector"]], np.float64)[:, None]
+    th = np.asarray(p["car_homing_days"], np.float64)[:, None] * np.ones_like(e0)
+    tf = np.asarray(p["car_first_activation_days"], np.float64)[:, None] * np.ones_like(e0)
+    h = e0 * np.exp(-t / th)
+    f = e0 * tf / (tf - th) * (np.exp(-t / tf) - np.exp(-t / th))
+    np.testing.assert_allclose(ys[:, :, equations.IDX["car_homing"]], h, rtol=2e-4)
+    np.testing.assert_allclose(ys[:, :, equations.IDX["car_first_activation"]], f, rtol=2e-4)
+
+
+def test_first_activation_secretes_with_antigen_and_without_steroids(default_config):
+    """The burst adds g s F secreting cells to every CAR-T secretion term: nothing without antigen, and
+    steroids suppress it as they suppress all secretion."""
+    p = _sampled(default_config, 8)
+    y = equations.initial_state(p)
+    F, A, i = equations.IDX["car_first_activation"], equations.IDX["antigen"], equations.IDX["ifng"]
+    y = y.at[F].set(2.0).at[equations.IDX["car_effector"]].set(0.5).at[A].set(1.0)
+
+    def ifng(y):
+        return np.asarray(equations.production_loss(0.5, y, p)[0][i], np.float64)
+
+    stim = np.asarray(1.0 / (1.0 + p["car_antigen_ec50"]))
+    burst = np.asarray(1.0 / (1.0 + np.exp((0.5 - np.asarray(p["car_expansion_days"])) / 0.5)))
+    extra = ifng(y) - ifng(y.at[F].set(0.0))
+    expected = (np.asarray(p["cytokine_sensitivity"] * p["ifng_per_car"] * p["car_first_activation_boost"], np.float64)
+                * stim * 2.0)
+    np.testing.assert_allclose(extra, expected, rtol=1e-4)
+    assert np.all(np.abs(burst - 1.0) < 1e-3)  # on day 0.5 the expansion phase is fully on
+    # no antigen, no burst
+    no_ag = y.at[A].set(0.0)
+    np.testing.assert_allclose(ifng(no_ag), ifng(no_ag.at[F].set(0.0)), atol=1e-6)
+    # steroids at the effect site suppress the burst by (1 - u_dex)
+    dexed = y.at[equations.IDX["dex_effect"]].set(200.0)
+    u = np.asarray(equations.dex_suppression(200.0, p), np.float64)
+    np.testing.assert_allclose(ifng(dexed) - ifng(dexed.at[F].set(0.0)), extra * (1.0 - u), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_first_activation_starts_crs_earlier_and_scales_with_the_dose(default_config):
+    """Paired patients: without the burst CRS starts later (it waited for expansion); day-1 IFN-gamma comes
+    from the infused cells (mostly their burst), so it doubles with the dose."""
+    n = 300
+    base = vpop.simulate(default_config, n=n, seed=4, record_rows=True)
+    off = replace(default_config, parameters={**default_config.parameters, "car_first_activation_boost": 0.0})
+    without = vpop.simulate(off, n=n, seed=4, record_rows=False).patients
+    assert np.nanmedian(base.patients["crs_onset_day"]) <= np.nanmedian(without["crs_onset_day"]) - 1.0
+    dose = default_config.population.dose_per_kg
+    double = replace(default_config, population=replace(default_config.population, dose_per_kg=2 * dose))
+    twice = vpop.simulate(double, n=n, seed=4, record_rows=True).observations
+
+    def day1(obs):
+        return obs[np.isclose(obs["time_day"], 1.0)].sort_values("patient_id")["ifng_pg_ml"].to_numpy()
+
+    ratio = np.median(day1(twice) / day1(base.observations))
+    assert 1.7 < ratio < 2.3

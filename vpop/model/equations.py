@@ -145,6 +145,10 @@ def production_loss(t, y, p):
     # Antigen-engaged effectors that secrete (cells/uL): secretion belongs to the proliferative burst; cells
     # past it are terminally differentiated and secrete little (Stein 2019's expansion phase; Kirouac 2023).
     engaged = s["car_effector"] * stim * burst
+    # The infused cells' first activation: T cells release most of their IFN-gamma and TNF in the day or two
+    # after first antigen contact (Hosseini 2020 drives cytokine release by activation events), so CRS starts
+    # on day 1-3, before CAR-T are counted in blood. Proportional to the dose, so it vanishes with it.
+    secreting = engaged + p["car_first_activation_boost"] * stim * s["car_first_activation"]
     P_eff = prolif * s["car_effector"] + p["car_memory_reactivation"] * stim * s["car_memory"]
     D_eff = p["car_contraction"] + p["car_to_memory"] + prolif * total_car / p["car_capacity"]
     P_mem = p["car_to_memory"] * s["car_effector"]
@@ -165,7 +169,7 @@ def production_loss(t, y, p):
         s["ifng"] / p["myeloid_ec_ifng"]
         + s["gmcsf"] / p["myeloid_ec_gmcsf"]
         + autocrine
-        + engaged / p["myeloid_ec_contact"]
+        + secreting / p["myeloid_ec_contact"]
     )
     myeloid_stimulus = (
         _BASAL_MYELOID_STIMULUS
@@ -183,9 +187,9 @@ def production_loss(t, y, p):
     m2_x = _relu(m2 - m_b * m_b)
     cyto = p["cytokine_sensitivity"] * secretion
 
-    P_ifng = cyto * p["ifng_per_car"] * engaged
-    P_gm = cyto * p["gmcsf_per_car"] * engaged
-    P_tnf = cyto * (p["tnf_per_myeloid"] * m_x + p["tnf_per_car"] * engaged)
+    P_ifng = cyto * p["ifng_per_car"] * secreting
+    P_gm = cyto * p["gmcsf_per_car"] * secreting
+    P_tnf = cyto * (p["tnf_per_myeloid"] * m_x + p["tnf_per_car"] * secreting)
     P_il1 = cyto * p["il1_per_myeloid"] * m_x
     P_il1ra = p["il1ra_clearance"] * p["il1ra_basal"] + cyto * p["il1ra_per_myeloid"] * m_x
     # Macrophages make most of their IL-6 in answer to IL-1 (Giavridis 2018: IL-1 blockade cut IL-6 and
@@ -195,10 +199,10 @@ def production_loss(t, y, p):
     P_il6 = (
         (p["il6_clearance_linear"] + p["il6_clearance_receptor"]) * p["il6_basal"]
         + cyto * (p["il6_per_myeloid"] * il1_help * m2_x + p["il6_per_endothelium"] * _ignited(s["endothelium"], p)
-                  + p["il6_per_car"] * engaged)
+                  + p["il6_per_car"] * secreting)
     )
     D_il6 = p["il6_clearance_linear"] + p["il6_clearance_receptor"] * (1.0 - g["toci_block"])
-    P_il10 = cyto * (p["il10_per_myeloid"] * m_x + p["il10_per_car"] * engaged)
+    P_il10 = cyto * (p["il10_per_myeloid"] * m_x + p["il10_per_car"] * secreting)
 
     # Endothelial activation with the Ang-2 feed-forward loop.
     ang2_excess = _relu(s["ang2"] - 2.0)
@@ -275,7 +279,8 @@ def production_loss(t, y, p):
     D_ana = p["anakinra_clearance"] / p["anakinra_volume"]
 
     P = {
-        "car_effector": P_eff, "car_memory": P_mem, "antigen": P_ag, "myeloid": P_my,
+        "car_effector": P_eff, "car_memory": P_mem, "car_homing": 0.0,
+        "car_first_activation": s["car_homing"] / p["car_homing_days"], "antigen": P_ag, "myeloid": P_my,
         "ifng": P_ifng, "gmcsf": P_gm, "tnf": P_tnf, "il1": P_il1, "il1ra": P_il1ra, "il6": P_il6, "il10": P_il10,
         "endothelium": P_endo, "ang2": P_ang2, "vwf": P_vwf, "leak": P_leak,
         "crp": P_crp, "ferritin": P_fer, "fibrinogen": P_fib, "ddimer": P_dd, "platelets": P_plt,
@@ -285,7 +290,8 @@ def production_loss(t, y, p):
         "dex_effect": p["dex_effect_equilibration"] * g["dex_ngml"], "anakinra": 0.0,
     }
     D = {
-        "car_effector": D_eff, "car_memory": D_mem, "antigen": D_ag, "myeloid": D_my,
+        "car_effector": D_eff, "car_memory": D_mem,
+        "car_homing": 1.0 / p["car_homing_days"], "car_first_activation": 1.0 / p["car_first_activation_days"], "antigen": D_ag, "myeloid": D_my,
         "ifng": p["ifng_clearance"], "gmcsf": p["gmcsf_clearance"], "tnf": p["tnf_clearance"],
         "il1": p["il1_clearance"], "il1ra": p["il1ra_clearance"], "il6": D_il6, "il10": p["il10_clearance"],
         "endothelium": D_endo, "ang2": p["ang2_clearance"], "vwf": p["vwf_clearance"], "leak": p["leak_return"],
@@ -332,6 +338,7 @@ def initial_state(p):
     m0 = basal_myeloid(p)
     y0 = {
         "car_effector": car0,
+        "car_homing": car0,
         "antigen": p["tumor_burden"],
         "myeloid": m0,
         "il1ra": p["il1ra_basal"],

@@ -91,6 +91,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "ZUMA-7 CAR-T Tmax median 8 d, IQR 8-9), cilta-cel longer (CARTITUDE-1 Tmax median 12.7 d)",
        "length of the antigen-driven proliferative burst: engaged CAR-T stop dividing after it whatever "
        "antigen remains (a programmed clonal burst)"),
+    _p("car_t", "car_homing_days", 0.75, "d", 0.25, 2.0,
+       "Santurio 2025 and Liu 2021 (a distribution phase precedes expansion: infused cells leave blood for "
+       "lymphoid and tumour sites within about a day)",
+       "mean time infused cells take to reach antigen"),
+    _p("car_t", "car_first_activation_days", 1.0, "d", 0.5, 3.0,
+       "Hosseini 2020 (T-cell activation rate 9.83/d; cytokine release follows activation events, which is why "
+       "step-up dosing lowers the first-dose IL-6 peak); T-cell IFN-gamma/TNF output peaks 1-2 d after first "
+       "antigen contact; CRS onset day 1-3 with CAR-T still scarce in blood (ZUMA-1, KarMMa)",
+       "mean time the infused cells spend in the secretory burst of their first activation"),
+    _p("car_t", "car_first_activation_boost", 25.0, "-", 0.0, 60.0,
+       "calibrated; Hosseini 2020 (cytokines per activation event); ZUMA-1 CRS onset day 2 (1-12), KarMMa day 1, "
+       "CARTITUDE-1 (low dose) day 7",
+       "cytokine output of an infused cell in its first activation, relative to an antigen-engaged cell of the "
+       "expansion phase"),
     # --- Cytokines ---------------------------------------------------------
     _p("cytokine", "ifng_clearance", _k(30 * MIN), "1/d", _k(35 * MIN), _k(25 * MIN),
        "Kurzrock 1985 (rIFN-gamma t1/2 25-35 min)", "IFN-gamma elimination"),
@@ -244,7 +258,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "dexamethasone's biological half-life 36-54 h vs ~4 h in plasma (long-acting glucocorticoid; Goodman & "
        "Gilman's pharmacology); equilibration t1/2 ~1 day",
        "rate at which the effect-site level follows plasma dexamethasone"),
-    _p("drugs", "dex_ic50", 4.0, "ng/mL", 0.5, 40.0, "calibrated (nM range; unverified)", "dexamethasone level giving half-maximal suppression"),
+    _p("drugs", "dex_ic50", 20.0, "ng/mL", 0.5, 40.0,
+       "set from ZUMA-1 cohort 4 (Topp 2021: steroids from grade 1, neurologic events >= 3 17 %, CRS >= 3 2 %) "
+       "with a log-normal prior at the in vitro nM potency (4 ng/mL, SD 1 in log); docs/calibration.md",
+       "dexamethasone effect-site level giving half-maximal suppression"),
     _p("drugs", "dex_emax", 0.85, "-", 0.5, 1.0, "calibrated", "maximal suppression of cytokine production and activation"),
     _p("drugs", "dex_csf_fraction", 0.15, "-", 0.1, 1.0,
        "Balis 1987 J Clin Oncol 5:202 (CSF:plasma dexamethasone 0.15 +/- 0.02 after IV bolus, nonhuman primates; "

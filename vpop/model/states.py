@@ -19,6 +19,12 @@ class State(NamedTuple):
 STATES: tuple[State, ...] = (
     State("car_effector", "cells/uL", "CAR-T effector cells in blood", "CAR-T and tumour"),
     State("car_memory", "cells/uL", "CAR-T memory cells in blood", "CAR-T and tumour"),
+    State("car_homing", "cells/uL",
+          "infused CAR-T cells still on their way to antigen (the distribution phase; a marker of the infused cohort, "
+          "counted in car_effector)", "CAR-T and tumour"),
+    State("car_first_activation", "cells/uL",
+          "infused CAR-T cells still in the secretory burst of their first activation (a marker of the infused "
+          "cohort; they are counted in car_effector)", "CAR-T and tumour"),
     State("antigen", "1 = median burden", "antigen-bearing tumour burden", "CAR-T and tumour"),
     State("myeloid", "fraction 0-1", "activated fraction of monocytes/macrophages", "myeloid loop"),
     State("ifng", "pg/mL", "serum IFN-gamma", "cytokines"),
