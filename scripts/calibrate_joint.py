@@ -55,17 +55,24 @@ def design_to_json(d: jc.Design) -> dict:
     return {"presets": d.presets, "centre": d.centre.tolist(), "half_width": d.half_width.tolist(),
             "effects": d.effects.tolist(), "rows": [t.row for t in d.targets], "row_preset": d.row_preset.tolist(),
             "x": {k: v.tolist() for k, v in d.x.items()}, "events": {k: v.tolist() for k, v in d.events.items()},
-            "patients": {k: v.tolist() for k, v in d.patients.items()}, "seconds": d.seconds}
+            "patients": {k: v.tolist() for k, v in d.patients.items()}, "seconds": d.seconds,
+            "timing_rows": [tt.target.row for tt in d.timing], "timing_preset": d.timing_preset.tolist(),
+            "log_medians": {k: v.tolist() for k, v in d.log_medians.items()}}
 
 
 def design_from_json(raw: dict) -> jc.Design:
     by_row = {t.row: t for t in jc.calibration_targets(published_cohorts_path())}
+    timing_by_row = {tt.target.row: tt for tt in jc.timing_targets(published_cohorts_path())}
     arr = {k: np.asarray(v, float) for k, v in raw.items() if k in ("centre", "half_width", "effects")}
     return jc.Design(raw["presets"], arr["centre"], arr["half_width"], arr["effects"],
                      [by_row[r] for r in raw["rows"]], np.asarray(raw["row_preset"]),
                      {k: np.asarray(v) for k, v in raw["x"].items()},
                      {k: np.asarray(v) for k, v in raw["events"].items()},
-                     {k: np.asarray(v) for k, v in raw["patients"].items()}, raw.get("seconds", 0.0))
+                     {k: np.asarray(v) for k, v in raw["patients"].items()}, raw.get("seconds", 0.0),
+                     [timing_by_row[r] for r in raw.get("timing_rows", [])],
+                     np.asarray(raw.get("timing_preset", []), int),
+                     {k: np.asarray(v, float).reshape(len(raw["x"][k]), -1)
+                      for k, v in raw.get("log_medians", {k: [] for k in raw["x"]}).items()})
 
 
 def write_posterior(preset: str, post: jc.JointPosterior) -> Path:
@@ -102,7 +109,8 @@ def render(design, emulator, post, cov, args, seconds) -> str:
            "for the engine design).", "",
            f"Rows fitted: {len(design.targets)} rate rows of `published_cohorts.csv` "
            f"({len(set(t.cohort for t in design.targets))} cohorts), graded rates and drug use alike, each "
-           "under its own trial's policy and scale (docs/validation.md lists the cohort -> preset/policy map).",
+           "under its own trial's policy and scale (docs/validation.md lists the cohort -> preset/policy map), "
+           f"and {len(design.timing)} timing medians (below).",
            "", "## Posterior: each preset's constants", "",
            "| preset | parameter | before | fitted median | 90% interval |", "|---|---|---|---|---|"]
     for g, preset in enumerate(design.presets):
@@ -135,6 +143,21 @@ def render(design, emulator, post, cov, args, seconds) -> str:
             "| cohort | endpoint | scale | n | published | LOO logit error |", "|---|---|---|---|---|---|"]
     for t, e in zip(design.targets, emulator.loo_rmse):
         out.append(f"| {t.cohort} | {t.endpoint} | {t.scale or '–'} | {t.n} | {100 * t.value:.1f}% | {e:.2f} |")
+    timing = jc.timing_fit(post, design)
+    if len(timing):
+        disc = post.timing_discrepancy
+        out += ["", "## Timing medians", "",
+                f"{len(timing)} timing medians with a published IQR or range, in the same posterior: the published "
+                "median a normal observation of the emulated log median, with the standard error of a sample "
+                "median (1.2533 sigma / sqrt(n), sigma of log days from the IQR or range), the surface's "
+                "leave-one-out error and a fitted model discrepancy added in quadrature. Discrepancy (log scale): "
+                f"median {q(disc, 0.5):.2f}, 90% interval {q(disc, 0.05):.2f}–{q(disc, 0.95):.2f}. The fitted "
+                "median is the emulator's at the posterior medians; docs/validation.md gives the engine's.", "",
+                "| cohort | endpoint | n | published (days) | SE (log) | LOO error (log) | fitted (days) |",
+                "|---|---|---|---|---|---|---|"]
+        for r in timing.itertuples():
+            out.append(f"| {r.cohort} | {r.endpoint} | {r.n} | {r.published:g} | {r.log_se:.3f} | {r.loo:.3f} | "
+                       f"{r.fitted:.2f} |")
     if cov is not None and len(cov):
         summ = cov.groupby("parameter").agg(coverage=("covered", "mean"), bias=("error", "mean"),
                                             width=("high", lambda h: float(np.median(h - cov.loc[h.index, "low"]))))
@@ -201,7 +224,8 @@ def main(argv=None) -> int:
     print(f"posterior: {post.diagnostics}", flush=True)
     cov = None
     if args.replicates > 0:
-        cov = jc.coverage(design, emulator, replicates=args.replicates, warmup=args.cov_warmup,
+        cov = jc.coverage(design, emulator, timing_emulator=design.timing_emulator(), replicates=args.replicates,
+                          warmup=args.cov_warmup,
                           draws=args.cov_draws, seed=args.seed)
         print(cov.groupby("parameter")["covered"].mean().to_string(), flush=True)
     text = render(design, emulator, post, cov, args, time.perf_counter() - t0)

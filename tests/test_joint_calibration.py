@@ -151,3 +151,65 @@ def test_coverage_truths_stay_where_the_prior_puts_mass():
     assert (fever <= top + 1e-12).all() and (fever >= centre[0, 0] - 0.36 - 1e-12).all()
     leak = cov[cov.parameter == "leak_rate"].truth.to_numpy()
     assert (np.abs(leak - centre[0, 1]) <= 0.36 + 1e-12).all() and np.ptp(leak) > 0.1
+
+
+# --- timing medians ----------------------------------------------------------------------------------------
+
+
+def test_median_standard_error_from_an_iqr_or_a_range():
+    # IQR: sigma = log width / 1.349, SE of a median 1.2533 sigma / sqrt(n)
+    want = 1.2533 * (np.log(8 / 5) / (2 * 0.6745)) / np.sqrt(97)
+    assert jc.median_log_se(5, 8, "IQR", 97) == pytest.approx(want, rel=1e-6)
+    # range: sigma = log width / twice the expected largest normal score of n (about 2.5 at n = 100)
+    from scipy.stats import norm
+
+    z = norm.ppf((101 - 0.375) / (101 + 0.25))
+    assert jc.median_log_se(1, 12, "range", 101) == pytest.approx(1.2533 * np.log(12) / (2 * z) / np.sqrt(101))
+    assert 2.4 < z < 2.6
+    # a published 0 is read as the first assessment, so the log stays finite
+    assert np.isfinite(jc.median_log_se(0, 7, "range", 20))
+
+
+def test_timing_targets_are_the_medians_with_a_spread():
+    from vpop.data import published_cohorts_path
+
+    rows = jc.timing_targets(published_cohorts_path())
+    got = {(tt.target.cohort, tt.target.endpoint) for tt in rows}
+    assert ("ZUMA-1", "crs_onset_median") in got and ("CARTITUDE-1", "crs_duration_median") in got
+    assert ("JULIET", "crs_onset_median") not in got  # no IQR or range published
+    assert not any(tt.target.endpoint.startswith("car_") for tt in rows)  # CAR-T kinetics are set apart
+    assert all(0 < tt.log_se < 1 for tt in rows)
+
+
+def test_timing_emulator_leaves_out_points_without_a_median():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.5, 0.5, size=(40, jc.N_INPUTS))
+    true = rng.normal(0, 0.3, size=21)
+    y = (jc.quadratic_features(x) @ true)[:, None]
+    y[::7] = np.nan  # no patient had the event at these points
+    em = jc.fit_timing_emulator(x, y)
+    np.testing.assert_allclose(em.coef[0], true, atol=1e-4)
+    assert em.loo_rmse[0] < 1e-4
+
+
+def test_a_timing_median_informs_a_constant_the_rates_cannot():
+    """Rates flat in the leak constant of preset 0; tight medians that move with it pin it down (several
+    rows, so a model discrepancy cannot explain them all away)."""
+    data, counts = _synthetic(np.zeros((2, 3)), [0.0, 0.0], n_trial=2000)
+    coef = np.asarray(data.coef).copy()
+    coef[[0, 1, 2, 3, 8], 2] = 0.0  # preset 0's rows no longer see its second constant
+    coef[[0, 1, 2, 3, 8], 6:] = 0.0
+    slopes, intercepts = np.array([1.0, 1.5, -0.8, 1.2]), np.log([3.0, 2.0, 6.0, 1.5])
+    t_coef = np.zeros((4, 21))
+    t_coef[:, 0], t_coef[:, 2] = intercepts, slopes  # log median = intercept + slope x_leak
+    data = data._replace(coef=jax.numpy.asarray(coef), t_coef=jax.numpy.asarray(t_coef),
+                         t_preset=jax.numpy.zeros(4, int), t_sd=jax.numpy.full(4, 0.02))
+    truth = 0.3
+    post = jc.sample_posterior(data, counts, warmup=300, draws=300, chains=1, seed=3,
+                               log_medians=intercepts + slopes * truth)
+    assert abs(np.median(post.phi[:, 0, 1]) - truth) < 0.1
+    assert post.timing_discrepancy is not None
+    # without the median the constant is left to its prior and the box
+    flat = jc.sample_posterior(data._replace(t_coef=None, t_preset=None, t_sd=None), counts, warmup=300,
+                               draws=300, chains=1, seed=3)
+    assert np.std(flat.phi[:, 0, 1]) > 2 * np.std(post.phi[:, 0, 1])

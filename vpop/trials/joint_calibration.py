@@ -20,6 +20,12 @@ treatment, management included. Three steps make it tractable:
    where the emulator was fitted, and to the parameter table's plausible ranges; draws on the edge
    of the box are reported.
 
+Timing medians (CRS and neurologic-event onset and duration, fever onset) with a published IQR or range
+enter the same posterior: per row a quadratic surface of the log simulated median, and the published
+median as a normal observation on the log scale with the standard error of a sample median
+(1.2533 sigma / sqrt(n), sigma from the IQR or range, `timing_targets`), the surface's leave-one-out
+error and a shared, fitted model discrepancy (`timing_discrepancy`) added in quadrature.
+
 `coverage` refits synthetic tables drawn from known parameters (the emulator as the simulator, the
 table's own trial sizes) and reports how often the 90 % intervals cover the truth.
 """
@@ -28,14 +34,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from vpop.fitting.cohort_tables import Target, read_cohort_table
-from vpop.trials.validation import COHORTS, Runner, cohort_patients, rate_count
+from vpop.trials.validation import COHORTS, Runner, cohort_patients, median_values, published_spread, rate_count
 
 FREE = ("fever_drive_ec50", "leak_rate", "neuro_injury_rate")
 # Between-patient variability, free in groups: each group's sensitivities' SDs are multiplied by one scale.
@@ -74,6 +80,45 @@ def preset_centre(preset: str):
 def calibration_targets(table) -> list[Target]:
     """Rate rows with a trial size and a preset: graded rates and drug use alike."""
     return [t for t in read_cohort_table(table) if t.is_rate and t.n > 0 and t.cohort in COHORTS]
+
+
+# Medians whose spread across patients the three constants move (CAR-T kinetics rows are set apart).
+TIMING_ENDPOINTS = ("crs_onset_median", "crs_duration_median", "neuro_onset_median", "neuro_duration_median",
+                    "fever_onset_median")
+_SHORTEST_DAY = 0.25  # the assessment grid: a published "0" or a day-0 bound is read as the first assessment
+
+
+class TimingTarget(NamedTuple):
+    target: Target
+    log_se: float  # standard error of the published median, on the log scale
+
+
+def median_log_se(low: float, high: float, kind: str, n: int) -> float:
+    """Standard error of a sample median of n on the log scale, 1.2533 sigma / sqrt(n), with sigma of log days
+    from an IQR (width / 1.349) or a range (width / twice the expected largest normal score of n, Blom)."""
+    from scipy.stats import norm
+
+    width = np.log(max(high, _SHORTEST_DAY)) - np.log(max(low, _SHORTEST_DAY))
+    scores = 2 * 0.6745 if kind == "IQR" else 2 * norm.ppf((n - 0.375) / (n + 0.25))
+    return float(1.2533 * (width / scores) / np.sqrt(n))
+
+
+def timing_targets(table) -> list[TimingTarget]:
+    """Timing-median rows with a trial size, a preset and a published IQR or range."""
+    notes = pd.read_csv(table, dtype=str, keep_default_na=False)["note"].tolist()
+    out = []
+    for t in read_cohort_table(table):
+        spread = published_spread(notes[t.row - 1])
+        if t.endpoint in TIMING_ENDPOINTS and t.n > 0 and t.cohort in COHORTS and spread is not None:
+            out.append(TimingTarget(t, median_log_se(spread[0], spread[1], spread[2], t.n)))
+    return out
+
+
+def simulated_log_median(t: Target, runner: Runner) -> float:
+    """log median of the row's per-patient days among its scored virtual patients (NaN if none had the event)."""
+    values = median_values(t, cohort_patients(t, runner))
+    values = values[np.isfinite(values)]
+    return float(np.log(max(np.median(values), _SHORTEST_DAY))) if len(values) else float("nan")
 
 
 def with_inputs(config, values: dict[str, float], scales):
@@ -121,10 +166,18 @@ class Emulator(NamedTuple):
 
 def fit_emulator(x: np.ndarray, events: np.ndarray, patients: np.ndarray, ridge: float = 1e-6) -> Emulator:
     """x (points, inputs); events and patients (points, rows)."""
-    F = quadratic_features(x)
     p = (events + 0.5) / (patients + 1.0)
-    y = np.log(p / (1 - p))
-    w = np.maximum(patients * p * (1 - p), 1e-3)
+    return _weighted_quadratic(x, np.log(p / (1 - p)), np.maximum(patients * p * (1 - p), 1e-3), ridge)
+
+
+def fit_timing_emulator(x: np.ndarray, log_medians: np.ndarray, ridge: float = 1e-6) -> Emulator:
+    """x (points, inputs); log_medians (points, rows): unweighted quadratic surfaces of the log median (a design
+    point where no patient had the event is left out of that row's fit)."""
+    return _weighted_quadratic(x, np.nan_to_num(log_medians), np.isfinite(log_medians).astype(float), ridge)
+
+
+def _weighted_quadratic(x, y, w, ridge) -> Emulator:
+    F = quadratic_features(x)
     coef, loo = [], []
     for r in range(y.shape[1]):
         W = w[:, r]
@@ -133,8 +186,9 @@ def fit_emulator(x: np.ndarray, events: np.ndarray, patients: np.ndarray, ridge:
         hat = np.einsum("ij,jk,ik->i", F, np.linalg.inv(A), F) * W
         resid = (y[:, r] - F @ b) / np.maximum(1 - hat, 1e-3)
         coef.append(b)
-        loo.append(float(np.sqrt(np.mean(resid ** 2))))
-    return Emulator(np.asarray(coef), np.asarray(loo))
+        fitted = W > 0  # a left-out point (weight 0) has no residual to speak of
+        loo.append(float(np.sqrt(np.mean(resid[fitted] ** 2))) if fitted.any() else float("nan"))
+    return Emulator(np.asarray(coef).reshape(len(coef), F.shape[1]), np.asarray(loo))
 
 
 # --- the design ----------------------------------------------------------------------------------------
@@ -154,9 +208,22 @@ class Design:
     events: dict[str, np.ndarray]  # preset -> (points, rows of that preset)
     patients: dict[str, np.ndarray]
     seconds: float = 0.0
+    timing: list[TimingTarget] = field(default_factory=list)
+    timing_preset: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # (timing rows,)
+    log_medians: dict[str, np.ndarray] = field(default_factory=dict)  # preset -> (points, its timing rows)
 
     def rows_of(self, g: int) -> np.ndarray:
         return np.flatnonzero(self.row_preset == g)
+
+    def timing_emulator(self) -> Emulator:
+        coef = np.zeros((len(self.timing), len(quadratic_features(np.zeros((1, N_INPUTS)))[0])))
+        loo = np.zeros(len(self.timing))
+        for g, preset in enumerate(self.presets):
+            rows = np.flatnonzero(self.timing_preset == g)
+            if len(rows):
+                em = fit_timing_emulator(self.x[preset], self.log_medians[preset])
+                coef[rows], loo[rows] = em.coef, em.loo_rmse
+        return Emulator(coef, loo)
 
     def emulator(self) -> Emulator:
         coef = np.zeros((len(self.targets), len(quadratic_features(np.zeros((1, N_INPUTS)))[0])))
@@ -178,6 +245,9 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
     presets = presets or list(dict.fromkeys(COHORTS[t.cohort].product for t in targets))
     targets = [t for t in targets if COHORTS[t.cohort].product in presets]
     row_preset = np.asarray([presets.index(COHORTS[t.cohort].product) for t in targets])
+    timing = [tt for tt in timing_targets(table) if COHORTS[tt.target.cohort].product in presets]
+    timing_preset = np.asarray([presets.index(COHORTS[tt.target.cohort].product) for tt in timing], int)
+    log_medians = {}
     hw = np.asarray(half_width, float)
     unit = qmc.Sobol(N_INPUTS, scramble=True, seed=seed).random(points)
     offsets = (2 * unit - 1) * hw
@@ -187,8 +257,10 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
         centre.append(c)
         effects.append(product_effects(cfg))
         rows = [targets[r] for r in np.flatnonzero(row_preset == g)]
+        t_rows = [timing[r].target for r in np.flatnonzero(timing_preset == g)]
         ev = np.zeros((points, len(rows)))
         pa = np.zeros((points, len(rows)))
+        lm = np.zeros((points, len(t_rows)))
         for i, off in enumerate(offsets):
             vals = dict(zip(FREE, np.exp(c[:3] + off[:3]).tolist()))
             scale = np.exp(off[3:])
@@ -196,11 +268,20 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
             for j, t in enumerate(rows):
                 k, m = rate_count(t, cohort_patients(t, runner))
                 ev[i, j], pa[i, j] = k, m
+            for j, t in enumerate(t_rows):
+                lm[i, j] = simulated_log_median(t, runner)
             if progress is not None:
                 progress(f"{preset}: point {i + 1}/{points}")
-        xs[preset], events[preset], patients[preset] = offsets.copy(), ev, pa
+        xs[preset], events[preset], patients[preset], log_medians[preset] = offsets.copy(), ev, pa, lm
+    # a timing row needs a median at more design points than its surface has coefficients
+    n_feat = quadratic_features(np.zeros((1, N_INPUTS))).shape[1]
+    keep = np.asarray([np.isfinite(log_medians[presets[g]][:, list(np.flatnonzero(timing_preset == g)).index(r)]).sum()
+                       > n_feat for r, g in enumerate(timing_preset)], bool)
+    for g, preset in enumerate(presets):
+        log_medians[preset] = log_medians[preset][:, keep[timing_preset == g]]
+    timing, timing_preset = [tt for tt, k in zip(timing, keep) if k], timing_preset[keep]
     return Design(presets, np.asarray(centre), hw, np.asarray(effects), targets, row_preset, xs, events, patients,
-                  time.perf_counter() - t0)
+                  time.perf_counter() - t0, timing, timing_preset, log_medians)
 
 
 # --- the posterior -------------------------------------------------------------------------------------
@@ -216,17 +297,30 @@ class PosteriorData(NamedTuple):
     effects: object  # (presets, effects)
     n: object  # (rows,) trial sizes
     bounds: object  # (3, 2) log of the parameter table's plausible range of each constant
+    # timing medians (none: a table of rates only)
+    t_coef: object = None  # (timing rows, features)
+    t_preset: object = None  # (timing rows,)
+    t_sd: object = None  # (timing rows,) the published median's standard error and the emulator's, log scale
 
 
-def posterior_data(design: Design, emulator: Emulator) -> PosteriorData:
+def posterior_data(design: Design, emulator: Emulator, timing_emulator: Emulator | None = None) -> PosteriorData:
     import jax.numpy as jnp
 
     from vpop.model.parameters import TABLE
 
     bounds = np.log([[TABLE[k].low, TABLE[k].high] for k in FREE])
-    return PosteriorData(jnp.asarray(emulator.coef), jnp.asarray(design.row_preset), jnp.asarray(design.centre),
+    data = PosteriorData(jnp.asarray(emulator.coef), jnp.asarray(design.row_preset), jnp.asarray(design.centre),
                          jnp.asarray(design.half_width), jnp.asarray(design.effects),
                          jnp.asarray([t.n for t in design.targets], jnp.float64), jnp.asarray(bounds))
+    if timing_emulator is None or not len(design.timing):
+        return data
+    se = np.asarray([tt.log_se for tt in design.timing])
+    return data._replace(t_coef=jnp.asarray(timing_emulator.coef), t_preset=jnp.asarray(design.timing_preset),
+                         t_sd=jnp.asarray(np.sqrt(se ** 2 + timing_emulator.loo_rmse ** 2)))
+
+
+def published_log_medians(design: Design) -> np.ndarray:
+    return np.log(np.maximum([tt.target.value for tt in design.timing], _SHORTEST_DAY))
 
 
 def emulated_logits(data: PosteriorData, phi, log_scales):
@@ -240,7 +334,14 @@ def emulated_logits(data: PosteriorData, phi, log_scales):
     return jnp.sum(feats * data.coef, axis=-1), x
 
 
-def model(data: PosteriorData, counts=None):
+def emulated_log_medians(data: PosteriorData, x):
+    """log median of every timing row at the inputs x (presets, inputs) of `emulated_logits`."""
+    import jax.numpy as jnp
+
+    return jnp.sum(quadratic_features(x[data.t_preset]) * data.t_coef, axis=-1)
+
+
+def model(data: PosteriorData, counts=None, log_medians=None):
     import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
@@ -261,6 +362,13 @@ def model(data: PosteriorData, counts=None):
     implausible = (jnp.maximum(phi - data.bounds[:, 1], 0.0) + jnp.maximum(data.bounds[:, 0] - phi, 0.0)) / 0.02
     numpyro.factor("plausible_range", -0.5 * jnp.sum(implausible ** 2))
     numpyro.sample("k", dist.Binomial(total_count=data.n, logits=logits), obs=counts)
+    if data.t_coef is not None:
+        # how far the model's medians may sit from the published ones beyond sampling error: onset in the
+        # model is bimodal (from the first-activation burst or from expansion), so a median can jump between
+        # modes; without this term a few tight medians would outweigh every rate row
+        discrepancy = numpyro.sample("timing_discrepancy", dist.HalfNormal(0.5))
+        sd = jnp.sqrt(data.t_sd ** 2 + discrepancy ** 2)
+        numpyro.sample("log_median", dist.Normal(emulated_log_medians(data, x), sd), obs=log_medians)
 
 
 @dataclass
@@ -271,6 +379,7 @@ class JointPosterior:
     delta: np.ndarray  # (draws, effects, 3)
     tau: np.ndarray  # (draws, 3)
     diagnostics: dict
+    timing_discrepancy: np.ndarray | None = None  # (draws,) when timing medians were fitted
 
     def values(self, preset: str, q: float = 0.5) -> dict[str, float]:
         g = self.presets.index(preset)
@@ -283,7 +392,7 @@ class JointPosterior:
 
 
 def sample_posterior(data: PosteriorData, counts, warmup: int = 500, draws: int = 500, chains: int = 2,
-                     seed: int = 0, progress_bar: bool = False) -> JointPosterior:
+                     seed: int = 0, progress_bar: bool = False, log_medians=None) -> JointPosterior:
     import jax
     import numpyro
     from numpyro.infer import MCMC, NUTS
@@ -291,7 +400,9 @@ def sample_posterior(data: PosteriorData, counts, warmup: int = 500, draws: int 
     kernel = NUTS(model, target_accept_prob=0.9, dense_mass=False)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method="sequential",
                 progress_bar=progress_bar, jit_model_args=True)
-    mcmc.run(jax.random.PRNGKey(seed), data, counts=jax.numpy.asarray(counts, jax.numpy.float64))
+    medians = None if log_medians is None else jax.numpy.asarray(log_medians, jax.numpy.float64)
+    mcmc.run(jax.random.PRNGKey(seed), data, counts=jax.numpy.asarray(counts, jax.numpy.float64),
+             log_medians=medians)
     s = mcmc.get_samples()
     grouped = mcmc.get_samples(group_by_chain=True)
     summary = numpyro.diagnostics.summary({k: grouped[k] for k in ("phi", "log_iiv_scale", "mu", "delta", "tau")})
@@ -300,7 +411,8 @@ def sample_posterior(data: PosteriorData, counts, warmup: int = 500, draws: int 
     div = int(np.sum(mcmc.get_extra_fields()["diverging"]))
     return JointPosterior([], np.asarray(s["phi"]), np.asarray(s["log_iiv_scale"]), np.asarray(s["delta"]),
                           np.asarray(s["tau"]), {"max_rhat": rhat, "min_ess": ess, "divergences": div,
-                                                 "draws": int(len(s["log_iiv_scale"]))})
+                                                 "draws": int(len(s["log_iiv_scale"]))},
+                          np.asarray(s["timing_discrepancy"]) if "timing_discrepancy" in s else None)
 
 
 def published_counts(design: Design) -> np.ndarray:
@@ -309,9 +421,30 @@ def published_counts(design: Design) -> np.ndarray:
 
 def fit(design: Design, **kw) -> tuple[JointPosterior, Emulator]:
     emulator = design.emulator()
-    post = sample_posterior(posterior_data(design, emulator), published_counts(design), **kw)
+    data = posterior_data(design, emulator, design.timing_emulator())
+    medians = published_log_medians(design) if data.t_coef is not None else None
+    post = sample_posterior(data, published_counts(design), log_medians=medians, **kw)
     post.presets = list(design.presets)
     return post, emulator
+
+
+def timing_fit(post: JointPosterior, design: Design) -> pd.DataFrame:
+    """Each timing row: published median, its standard error (log), the surface's LOO error, and the median
+    the emulator gives at the posterior median of the presets' constants and the scales."""
+    import jax.numpy as jnp
+
+    if not design.timing:
+        return pd.DataFrame()
+    em = design.timing_emulator()
+    data = posterior_data(design, design.emulator(), em)
+    _, x = emulated_logits(data, jnp.asarray(np.median(post.phi, axis=0)),
+                           jnp.asarray(np.median(post.log_iiv_scale, axis=0)))
+    fitted = np.exp(np.asarray(emulated_log_medians(data, x)))
+    return pd.DataFrame({"cohort": [tt.target.cohort for tt in design.timing],
+                         "endpoint": [tt.target.endpoint for tt in design.timing],
+                         "n": [tt.target.n for tt in design.timing],
+                         "published": [tt.target.value for tt in design.timing],
+                         "log_se": [tt.log_se for tt in design.timing], "loo": em.loo_rmse, "fitted": fitted})
 
 
 def at_edge(post: JointPosterior, design: Design, margin: float = 0.05) -> list[str]:
@@ -334,19 +467,21 @@ def at_edge(post: JointPosterior, design: Design, margin: float = 0.05) -> list[
 
 
 def coverage(design: Design, emulator: Emulator, replicates: int = 50, level: float = 0.9, seed: int = 0,
-             warmup: int = 300, draws: int = 300, shrink: float = 0.6) -> pd.DataFrame:
+             warmup: int = 300, draws: int = 300, shrink: float = 0.6,
+             timing_emulator: Emulator | None = None) -> pd.DataFrame:
     """Refit synthetic tables drawn at known parameters; how often does each 90 % interval cover the truth?
 
     Truth: each preset's log typical values and the variability scale uniform in the inner `shrink` of
     the design box, the constants also inside the parameter table's plausible range, which the fitting
     model's prior holds them to (a truth outside the prior's support cannot be covered: the B-ALL fever
     constant sits near the top of its range, and half its box lay above it); counts Binomial(trial size,
-    emulated rate). The fitting model is the one above, so this checks the inference (priors, hierarchy,
+    emulated rate; timing medians, when the design has them, normal at the emulated log median with their
+    standard error). The fitting model is the one above, so this checks the inference (priors, hierarchy,
     sampler), with the emulator standing in for the engine.
     """
     import jax.numpy as jnp
 
-    data = posterior_data(design, emulator)
+    data = posterior_data(design, emulator, timing_emulator)
     rng = np.random.default_rng(seed)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     low = design.centre - design.half_width * shrink
@@ -358,10 +493,14 @@ def coverage(design: Design, emulator: Emulator, replicates: int = 50, level: fl
     for r in range(replicates):
         truth = rng.uniform(low, high)
         truth[:, 3:] = truth[0, 3:]  # variability scales shared by every preset
-        logits, _ = emulated_logits(data, jnp.asarray(truth[:, :3]), jnp.asarray(truth[0, 3:]))
+        logits, x = emulated_logits(data, jnp.asarray(truth[:, :3]), jnp.asarray(truth[0, 3:]))
         prob = 1 / (1 + np.exp(-np.asarray(logits)))
         counts = rng.binomial([t.n for t in design.targets], prob)
-        post = sample_posterior(data, counts, warmup=warmup, draws=draws, chains=1, seed=r)
+        medians = None
+        if data.t_coef is not None:
+            medians = np.asarray(emulated_log_medians(data, x)) + np.asarray(data.t_sd) * rng.normal(
+                size=len(design.timing))
+        post = sample_posterior(data, counts, warmup=warmup, draws=draws, chains=1, seed=r, log_medians=medians)
         for g, preset in enumerate(design.presets):
             for j, k in enumerate(FREE):
                 a, b = np.quantile(post.phi[:, g, j], [lo_q, hi_q])

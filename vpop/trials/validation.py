@@ -314,6 +314,14 @@ NOT_SIMULATED = {
 }
 
 
+def median_values(t: Target, patients: pd.DataFrame) -> np.ndarray | None:
+    """Per-patient values whose median a median row reports (days or cells/uL; NaN without the event), or
+    None when the simulator has no counterpart."""
+    if t.endpoint in MEDIAN_VALUES:
+        return MEDIAN_VALUES[t.endpoint](patients, t)
+    return _timing_values(patients, t) if t.scale else None
+
+
 def analyte_peak_days(observations: pd.DataFrame, column: str = "il6_pg_ml") -> np.ndarray:
     """Per-patient day of the serum analyte's peak (first assessment at the maximum)."""
     obs = observations[["patient_id", "time_day", column]]
@@ -377,8 +385,7 @@ def score_row(t: Target, note: str, runner: Runner) -> dict:
         row.update(simulated=med, sim_low=mlo, sim_high=mhi, pub_low=0.0, pub_high=t.value)
         return {**row, "verdict": "IN" if med <= t.value else "OUT",
                 "reason": "serum IL-6 peak day; published: median peak <= 7 days"}
-    values = MEDIAN_VALUES[t.endpoint](pts, t) if t.endpoint in MEDIAN_VALUES else (
-        _timing_values(pts, t) if t.scale else None)
+    values = median_values(t, pts)
     if values is None:
         return {**row, "verdict": "not scored", "reason": "no simulated counterpart"}
     med, mlo, mhi = median_interval(values)
