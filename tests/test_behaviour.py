@@ -182,6 +182,10 @@ def test_prophylactic_anakinra_lowers_crs_grade_2(cohorts):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known failure since the steroid potency was set from ZUMA-1 cohort 4 (dex_ic50 20 ng/mL; docs/calibration.md): "
+    "under cohorts 1-2 management the prophylaxis changes ASTCT CRS >= 3 by -0.2 points (-1.0 to +0.6), where "
+    "it was -3.9 at 4 ng/mL; docs/model.md, 'Prophylactic dexamethasone'. Strict: passing again must be noticed"))
 def test_prophylactic_dexamethasone_lowers_severe_crs():
     """ZUMA-1 cohort 6 (Oluwole 2021): less severe CRS and no more vasopressors with dexamethasone on days 0-2.
 

@@ -24,7 +24,7 @@ def dataset(default_config, tmp_path_factory):
     path = tmp_path_factory.mktemp("fit") / "data.csv"
     data, truth = synthetic.simulate_dataset(
         default_config, 30, FREE, TRUTH, OMEGA, SIGMA, times=[1, 2, 3, 5, 7, 10], analytes=["car_t", "crp", "il6"],
-        seed=3, lloq={"il6": 50.0}, path=path)
+        seed=3, lloq={"il6": 100.0}, path=path)
     return data, truth, path
 
 
