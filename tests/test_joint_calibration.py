@@ -213,3 +213,13 @@ def test_a_timing_median_informs_a_constant_the_rates_cannot():
     flat = jc.sample_posterior(data._replace(t_coef=None, t_preset=None, t_sd=None), counts, warmup=300,
                                draws=300, chains=1, seed=3)
     assert np.std(flat.phi[:, 0, 1]) > 2 * np.std(post.phi[:, 0, 1])
+
+
+def test_a_timing_row_without_enough_medians_is_dropped():
+    """A row whose event is too rare at most design points has no surface to fit: it leaves the design."""
+    n_feat = jc.quadratic_features(np.zeros((1, jc.N_INPUTS))).shape[1]
+    log_medians = {"a": np.zeros((32, 2)), "b": np.zeros((32, 1))}
+    log_medians["a"][: 32 - n_feat, 1] = np.nan  # n_feat points left: one too few
+    keep = jc.rows_with_enough_medians(log_medians, np.array([0, 0, 1]), ["a", "b"])
+    assert keep.tolist() == [True, False, True]
+    assert log_medians["a"].shape == (32, 1) and log_medians["b"].shape == (32, 1)

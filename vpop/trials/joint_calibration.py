@@ -273,15 +273,23 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
             if progress is not None:
                 progress(f"{preset}: point {i + 1}/{points}")
         xs[preset], events[preset], patients[preset], log_medians[preset] = offsets.copy(), ev, pa, lm
-    # a timing row needs a median at more design points than its surface has coefficients
-    n_feat = quadratic_features(np.zeros((1, N_INPUTS))).shape[1]
-    keep = np.asarray([np.isfinite(log_medians[presets[g]][:, list(np.flatnonzero(timing_preset == g)).index(r)]).sum()
-                       > n_feat for r, g in enumerate(timing_preset)], bool)
-    for g, preset in enumerate(presets):
-        log_medians[preset] = log_medians[preset][:, keep[timing_preset == g]]
+    keep = rows_with_enough_medians(log_medians, timing_preset, presets)
     timing, timing_preset = [tt for tt, k in zip(timing, keep) if k], timing_preset[keep]
     return Design(presets, np.asarray(centre), hw, np.asarray(effects), targets, row_preset, xs, events, patients,
                   time.perf_counter() - t0, timing, timing_preset, log_medians)
+
+
+def rows_with_enough_medians(log_medians: dict[str, np.ndarray], timing_preset: np.ndarray,
+                             presets: list[str]) -> np.ndarray:
+    """Which timing rows have a median at more design points than a surface has coefficients; drops the
+    others' columns from `log_medians` in place."""
+    n_feat = quadratic_features(np.zeros((1, N_INPUTS))).shape[1]
+    keep = np.ones(len(timing_preset), bool)
+    for g, preset in enumerate(presets):
+        enough = np.isfinite(log_medians[preset]).sum(axis=0) > n_feat
+        keep[timing_preset == g] = enough
+        log_medians[preset] = log_medians[preset][:, enough]
+    return keep
 
 
 # --- the posterior -------------------------------------------------------------------------------------
