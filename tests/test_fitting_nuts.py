@@ -52,7 +52,7 @@ def test_nuts_recovers_typical_values(default_config):
     not the prior, place them (docs/fitting.md, "Parameter recovery").
     """
     data, truth = synthetic.simulate_dataset(default_config, 8, FREE, TRUTH, OMEGA, SIGMA, times=[1, 2, 3, 5, 7],
-                                             analytes=["car_t", "crp", "il6"], seed=3, lloq={"il6": 50.0})
+                                             analytes=["car_t", "crp", "il6"], seed=3, lloq={"il6": 100.0})
     assert data.n_censored() > 0
     problem = fm.build_problem(data, default_config, FREE, fm.GridSettings(substeps=1))
     fit = infer.run_nuts(problem, chains=1, warmup=100, draws=120, seed=0, parameterisation="centred")
