@@ -92,6 +92,7 @@ def test_posterior_recovers_known_constants_from_rich_tables():
     assert post.diagnostics["divergences"] < 15
 
 
+@pytest.mark.slow
 def test_the_design_box_confines_the_posterior():
     """A table that wants a value far outside the box gets the box's edge, not an extrapolated surface."""
     truth = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # 2.0 is far outside the +-0.6 box
@@ -192,6 +193,7 @@ def test_timing_emulator_leaves_out_points_without_a_median():
     assert em.loo_rmse[0] < 1e-4
 
 
+@pytest.mark.slow
 def test_a_timing_median_informs_a_constant_the_rates_cannot():
     """Rates flat in the leak constant of preset 0; tight medians that move with it pin it down (several
     rows, so a model discrepancy cannot explain them all away)."""
