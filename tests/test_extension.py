@@ -112,6 +112,7 @@ def test_the_added_drug_follows_its_closed_form_pk(default_config, patients):
     np.testing.assert_allclose(np.asarray(y7[MODEL.index("siltuximab")]), 770.0 * math.exp(-k * 7.0), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_added_drug_lowers_free_il6_and_crs_on_the_same_patients(default_config, patients):
     p, keys = patients
     rows0, s0 = run(default_config, p, keys, MODEL, rules.STANDARD)

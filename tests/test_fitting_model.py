@@ -47,6 +47,7 @@ def test_svi_recovers_typical_values(default_config, dataset):
     assert fit.idata.posterior["theta"].shape[-1] == 2
 
 
+@pytest.mark.slow
 def test_censoring_changes_the_estimate(default_config):
     """Profile likelihood of il6_per_myeloid with 40-60 % of IL-6 below the LLOQ.
 

@@ -114,6 +114,7 @@ def test_targets_file_samples_from_csv(tmp_path):
         targets_from_dict({"targets": {"peak": {"dist": "normal", "mean": 1, "sd": 1}}}, allowed_outputs={"x"})
 
 
+@pytest.mark.slow
 def test_end_to_end_selection_on_simulated_patients(tmp_path):
     """CLI: 200 plausible axi-cel-like patients (14 days), selected toward lower CAR-T peaks."""
     from vpop.cli import main
