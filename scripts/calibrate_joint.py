@@ -99,7 +99,7 @@ def scale_variability(text: str, factors: dict[str, float]) -> str:
     return text
 
 
-def render(design, emulator, post, cov, args, seconds) -> str:
+def render(design, emulator, timing_emulator, post, cov, args, seconds) -> str:
     q = lambda a, p: float(np.quantile(a, p))  # noqa: E731
     out = [GENERATED, "",
            f"Generated {time.strftime('%Y-%m-%d')} by `python scripts/calibrate_joint.py {' '.join(sys.argv[1:])}` "
@@ -143,7 +143,7 @@ def render(design, emulator, post, cov, args, seconds) -> str:
             "| cohort | endpoint | scale | n | published | LOO logit error |", "|---|---|---|---|---|---|"]
     for t, e in zip(design.targets, emulator.loo_rmse):
         out.append(f"| {t.cohort} | {t.endpoint} | {t.scale or '–'} | {t.n} | {100 * t.value:.1f}% | {e:.2f} |")
-    timing = jc.timing_fit(post, design)
+    timing = jc.timing_fit(post, design, emulator, timing_emulator)
     if len(timing):
         disc = post.timing_discrepancy
         out += ["", "## Timing medians", "",
@@ -222,13 +222,13 @@ def main(argv=None) -> int:
     print(f"design: {len(design.presets)} presets, {len(design.targets)} rows, {design.seconds:.0f} s", flush=True)
     post, emulator = jc.fit(design, warmup=args.warmup, draws=args.draws, chains=args.chains, seed=args.seed)
     print(f"posterior: {post.diagnostics}", flush=True)
+    timing_emulator = design.timing_emulator()
     cov = None
     if args.replicates > 0:
-        cov = jc.coverage(design, emulator, timing_emulator=design.timing_emulator(), replicates=args.replicates,
-                          warmup=args.cov_warmup,
-                          draws=args.cov_draws, seed=args.seed)
+        cov = jc.coverage(design, emulator, timing_emulator=timing_emulator, replicates=args.replicates,
+                          warmup=args.cov_warmup, draws=args.cov_draws, seed=args.seed)
         print(cov.groupby("parameter")["covered"].mean().to_string(), flush=True)
-    text = render(design, emulator, post, cov, args, time.perf_counter() - t0)
+    text = render(design, emulator, timing_emulator, post, cov, args, time.perf_counter() - t0)
     for preset in design.presets:
         print(f"  {preset}: {post.values(preset)}")
     print(f"  variability scales {post.iiv_scales()}")

@@ -290,8 +290,8 @@ def production_loss(t, y, p):
         "dex_effect": p["dex_effect_equilibration"] * g["dex_ngml"], "anakinra": 0.0,
     }
     D = {
-        "car_effector": D_eff, "car_memory": D_mem,
-        "car_homing": 1.0 / p["car_homing_days"], "car_first_activation": 1.0 / p["car_first_activation_days"], "antigen": D_ag, "myeloid": D_my,
+        "car_effector": D_eff, "car_memory": D_mem, "car_homing": 1.0 / p["car_homing_days"],
+        "car_first_activation": 1.0 / p["car_first_activation_days"], "antigen": D_ag, "myeloid": D_my,
         "ifng": p["ifng_clearance"], "gmcsf": p["gmcsf_clearance"], "tnf": p["tnf_clearance"],
         "il1": p["il1_clearance"], "il1ra": p["il1ra_clearance"], "il6": D_il6, "il10": p["il10_clearance"],
         "endothelium": D_endo, "ang2": p["ang2_clearance"], "vwf": p["vwf_clearance"], "leak": p["leak_return"],

@@ -436,15 +436,15 @@ def fit(design: Design, **kw) -> tuple[JointPosterior, Emulator]:
     return post, emulator
 
 
-def timing_fit(post: JointPosterior, design: Design) -> pd.DataFrame:
+def timing_fit(post: JointPosterior, design: Design, emulator: Emulator, timing_emulator: Emulator) -> pd.DataFrame:
     """Each timing row: published median, its standard error (log), the surface's LOO error, and the median
     the emulator gives at the posterior median of the presets' constants and the scales."""
     import jax.numpy as jnp
 
     if not design.timing:
         return pd.DataFrame()
-    em = design.timing_emulator()
-    data = posterior_data(design, design.emulator(), em)
+    em = timing_emulator
+    data = posterior_data(design, emulator, em)
     _, x = emulated_logits(data, jnp.asarray(np.median(post.phi, axis=0)),
                            jnp.asarray(np.median(post.log_iiv_scale, axis=0)))
     fitted = np.exp(np.asarray(emulated_log_medians(data, x)))
