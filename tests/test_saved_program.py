@@ -134,7 +134,7 @@ SECOND_PROCESS = textwrap.dedent("""
     cfg = load_config(None)
     cfg = replace(cfg, engine=replace(cfg.engine, days=1.0), batch_size=4)
     res = cohort.simulate(cfg, n=4, seed=0, record_rows=False)
-    print(json.dumps({"crs": [float(x) for x in res.patients["crs_max_grade"]]}))
+    print(json.dumps({"crs": [float(x) for x in res.patients["crs_max_grade"]], "scipy": "scipy" in sys.modules}))
 """)
 
 
@@ -157,4 +157,31 @@ def test_a_later_process_runs_the_engine_without_tracing_it(tmp_path):
     assert list((cache / "vpop-programs").glob(f"*{saved_program.SUFFIX}"))
     second = _process(cache, "forbid-tracing")
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout.splitlines()[-1]) == json.loads(first.stdout.splitlines()[-1])
+    first_out, second_out = (json.loads(p.stdout.splitlines()[-1]) for p in (first, second))
+    assert second_out["crs"] == first_out["crs"]
+    # The engine calls no LAPACK, so loading it does not initialise the bindings (which import scipy).
+    assert not second_out["scipy"]
+
+
+def test_linear_algebra_bindings_are_initialised_only_for_a_program_that_calls_them():
+    import jax.numpy as jnp
+    from jax import export
+    from jax._src.export import _export
+
+    x = jnp.eye(3) * 2.0
+    plain = export.export(jax.jit(lambda a: jnp.exp(a) + 1.0))(x)
+    solving = export.export(jax.jit(lambda a: jnp.linalg.solve(a, a[:, 0])))(x)
+    assert not saved_program.uses_lapack(plain)
+    assert saved_program.uses_lapack(solving)
+    hook = _export._ensure_backends_initialized
+    calls = []
+    _export._ensure_backends_initialized = lambda platforms: calls.append(platforms)
+    try:
+        for exported in (plain, solving):
+            with saved_program._lapack_left_alone(exported):
+                jax.jit(lambda a: exported.call(a)).lower(x)
+    finally:
+        _export._ensure_backends_initialized = hook
+    assert len(calls) == 1  # the solving program's lowering only
+    assert _export._ensure_backends_initialized is hook  # restored
+    np.testing.assert_allclose(jax.jit(solving.call)(x), [1.0, 0.0, 0.0])

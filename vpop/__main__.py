@@ -1,5 +1,3 @@
-import sys
+from vpop.cli.main import entry
 
-from vpop.cli import main
-
-sys.exit(main())
+entry()

@@ -186,7 +186,7 @@ def _print_summary(result, out: Path) -> None:
         f"of every rate; solver_status names which); "
         f"{result.n_inaccurate} patients with less accurate solves (the solver's error estimate passed its "
         f"tolerance at some step; kept in the rates; see docs/outputs.md, solver_status); "
-        f"compile {result.compile_seconds:.1f} s, simulate {result.run_seconds:.1f} s; wrote {out}/"
+        f"compile {result.compile_seconds:.2f} s, simulate {result.run_seconds:.2f} s; wrote {out}/"
     )
 
 
@@ -222,7 +222,7 @@ def _print_stream(result) -> None:
     from vpop.run.streaming import PATIENTS
 
     console = Console()
-    timing = (f"compile {result.compile_seconds:.1f} s, simulate {result.run_seconds:.1f} s "
+    timing = (f"compile {result.compile_seconds:.2f} s, simulate {result.run_seconds:.2f} s "
               f"({result.chunks_run} chunks this run)")
     if not result.complete:
         console.print(f"process {jax.process_index()}: its chunks are done; {result.chunks_done}/"

@@ -26,6 +26,7 @@ outputs are those of the traced engine bit for bit (tests/test_saved_program.py)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -126,4 +127,32 @@ def compile(jitted, settings, *args):
     def batch(*arrays):  # named as the engine is, so the cache entry is still `jit_batch-...`
         return exported.call(*arrays)
 
-    return jax.jit(batch).lower(*args).compile()
+    with _lapack_left_alone(exported):
+        return jax.jit(batch).lower(*args).compile()
+
+
+def uses_lapack(exported) -> bool:
+    """Whether the saved program may call LAPACK: its custom-call targets (`lapack_...`) are named in the
+    serialised module. Conservative: a source location that happens to contain the word counts too."""
+    return b"lapack" in bytes(exported.mlir_module_serialized)
+
+
+@contextlib.contextmanager
+def _lapack_left_alone(exported):
+    """Lower a saved program without initialising JAX's LAPACK kernels when it calls none.
+
+    Calling an exported program on the CPU initialises the LAPACK bindings first, and that imports
+    scipy.linalg (0.15 s of every `vpop simulate`, issue 14 target 2). The engine does no linear algebra;
+    a program that does keeps the initialisation. If JAX's private hook has moved, nothing is changed.
+    """
+    from jax._src.export import _export
+
+    hook = getattr(_export, "_ensure_backends_initialized", None)
+    if hook is None or uses_lapack(exported):
+        yield
+        return
+    _export._ensure_backends_initialized = lambda platforms: None
+    try:
+        yield
+    finally:
+        _export._ensure_backends_initialized = hook

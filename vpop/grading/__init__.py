@@ -46,11 +46,17 @@ from vpop.grading.legacy import (
     neuro_grade_cartox as neuro_grade_cartox,
     neuro_grade_ctcae as neuro_grade_ctcae,
 )
-from vpop.grading.table import (
-    grade_arrays as grade_arrays,
-    grade_observations as grade_observations,
-    read_observations as read_observations,
-    resolve_scales as resolve_scales,
-    summarise_patients as summarise_patients,
-    validate_observations as validate_observations,
-)
+# The table path needs pandas; the engine imports this package for the row-level functions only,
+# so the table names are imported on first use (PEP 562).
+_TABLE_NAMES = ("grade_arrays", "grade_observations", "read_observations", "resolve_scales",
+                "summarise_patients", "validate_observations")
+
+
+def __getattr__(name: str):
+    if name not in _TABLE_NAMES:
+        raise AttributeError(f"module 'vpop.grading' has no attribute {name!r}")
+    from vpop.grading import table
+
+    value = getattr(table, name)
+    globals()[name] = value
+    return value
