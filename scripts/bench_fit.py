@@ -4,6 +4,7 @@
     python scripts/bench_fit.py --nuts-chains 0     # SVI only
     python scripts/bench_fit.py --n 30 --svi-steps 300 --nuts-chains 2 --nuts-warmup 100 --nuts-draws 100
     python scripts/bench_fit.py --svi-steps 0 --nuts-chains 1 --nuts-warmup 50 --nuts-draws 50   # shortened NUTS
+    python scripts/bench_fit.py --svi-steps 0 --nuts-init laplace --segment 25     # the issue-15 NUTS target
 
 Prints compile + run seconds, the estimates against the truth and the NUTS
 diagnostics, the cost of one log-density gradient (the unit of NUTS work), and
@@ -43,6 +44,10 @@ def main():
     ap.add_argument("--substeps", type=int, default=fm.GridSettings().substeps, help="ETDRK4 steps per 6-h interval")
     ap.add_argument("--parameterisation", default="centred", help="random effects for NUTS: centred or noncentred")
     ap.add_argument("--derivatives", default="forward", help="forward (sensitivities) or reverse")
+    ap.add_argument("--nuts-init", default="reference", help="NUTS start: reference, map, sample or laplace "
+                    "(the Laplace covariance as the dense mass matrix from the first iteration)")
+    ap.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance probability")
+    ap.add_argument("--segment", type=int, default=50, help="NUTS iterations per printed segment")
     args = ap.parse_args()
     cfg = load_config(None)
     t0 = time.perf_counter()
@@ -64,12 +69,15 @@ def main():
                           "svi_warnings": fit.diagnostics["warnings"]}), flush=True)
     if args.nuts_chains > 0:
         fit = infer.run_nuts(problem, chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws,
-                             parameterisation=args.parameterisation)
+                             parameterisation=args.parameterisation, init=args.nuts_init,
+                             target_accept=args.target_accept, segment=args.segment, progress=True)
         d = fit.diagnostics
         iters = args.nuts_chains * (args.nuts_warmup + args.nuts_draws)
         out["nuts_s"] = round(fit.seconds, 1)
         out["nuts"] = fit.theta_summary().round(4).to_dict("records")
-        out["nuts_diag"] = {k: d[k] for k in ("max_rhat", "min_ess_bulk", "divergences", "mean_leapfrog_steps", "warnings")}
+        out["nuts_diag"] = {k: d.get(k) for k in ("max_rhat", "min_ess_bulk", "divergences", "mean_leapfrog_steps",
+                                                  "mean_leapfrog_steps_warmup", "laplace_start_seconds", "warnings")}
+        out["nuts_diag"]["min_ess_bulk_per_s"] = round(d["min_ess_bulk"] / fit.seconds, 4)
         per_iter = fit.seconds / iters
         out["nuts_extrapolation"] = {
             "iterations": iters, "seconds_per_iteration": round(per_iter, 3),

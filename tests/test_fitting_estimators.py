@@ -183,3 +183,54 @@ def test_nuts_from_the_map_or_from_prior_draws_runs_its_segments(default_config)
                              init_values_override=override, segment=5)
         assert fit.samples["theta"].shape == (2, 5, 2), init
         assert np.isfinite(fit.samples["theta"]).all(), init
+
+
+def test_normal_approximation_is_the_exact_posterior_of_a_linear_gaussian_model():
+    """Closed form: with a normal prior and normal errors the posterior of a regression's coefficients is normal,
+    mean (X'X/s^2 + P)^-1 X'y/s^2 and covariance (X'X/s^2 + P)^-1; the Laplace start must reproduce both."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    x = np.linspace(-1.0, 2.0, 12)
+    X = np.stack([np.ones_like(x), x], axis=1)
+    y = 0.7 - 1.3 * x + np.random.default_rng(2).normal(0.0, 0.5, x.size)
+
+    def model(y):
+        beta = numpyro.sample("beta", dist.Normal(jnp.zeros(2), jnp.array([3.0, 2.0])).to_event(1))
+        numpyro.sample("y", dist.Normal(jnp.asarray(X) @ beta, 0.5), obs=y)
+
+    u = Unconstrained(model, (jnp.asarray(y),), {}, {"beta": jnp.zeros(2)})
+    approx = laplace.normal_approximation(u)
+    precision = X.T @ X / 0.25 + np.diag([1 / 9.0, 1 / 4.0])
+    cov = np.linalg.inv(precision)
+    np.testing.assert_allclose(approx["mode"], cov @ X.T @ y / 0.25, rtol=1e-6)
+    np.testing.assert_allclose(approx["covariance"], cov, rtol=1e-5)
+    np.testing.assert_allclose(approx["cholesky"] @ approx["cholesky"].T, cov, rtol=1e-5)
+    assert approx["not_positive"] == 0 and approx["map"]["converged"]
+
+
+@pytest.mark.slow
+def test_nuts_laplace_start_uses_the_laplace_covariance_as_its_mass_matrix(default_config, tmp_path):
+    """`init="laplace"`: the sampler's inverse mass matrix after warm-up is the inverse Hessian of the same
+    posterior at the integrated mode (not adapted), and the draws are finite; with `adapt_mass` it is adapted."""
+    import pickle
+
+    problem, _ = _problem(default_config, 3, [1, 3])
+    model, args, kwargs = infer.model_and_args(problem, None, parameterisation="centred")
+    start = {**infer.init_values(problem, None), **laplace.map_values(problem, parameterisation="centred")}
+    at_mode = Unconstrained(model, args, kwargs, start)
+    approx = laplace.normal_approximation(at_mode, problem.n, centre=at_mode.x0)  # at the integrated mode
+    for adapt in (False, True):
+        fit = infer.run_nuts(problem, chains=2, warmup=30, draws=5, seed=0, parameterisation="centred",
+                             init="laplace", adapt_mass=adapt, segment=10, save_dir=tmp_path / str(adapt))
+        assert np.isfinite(fit.samples["theta"]).all()
+        assert fit.diagnostics["laplace_start_seconds"] > 0
+        with open(tmp_path / str(adapt) / "nuts" / "state.pkl", "rb") as f:
+            mass = pickle.load(f).adapt_state.inverse_mass_matrix
+        if isinstance(mass, dict):  # NumPyro keys the mass matrix by its block of sites: one block, all sites
+            (mass,) = mass.values()
+        mass = np.asarray(mass)
+        assert mass.shape == (2, *approx["covariance"].shape)  # one per chain, dense
+        same = np.allclose(mass, approx["covariance"][None], rtol=1e-6, atol=1e-12)
+        assert same != adapt, adapt

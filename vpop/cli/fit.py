@@ -62,8 +62,12 @@ def register(subparsers) -> None:
     parser.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance probability")
     parser.add_argument("--max-tree-depth", type=int, default=8, help="NUTS maximum tree depth")
     parser.add_argument("--dense-mass", action="store_true", help="NUTS dense mass matrix")
-    parser.add_argument("--init", choices=("reference", "map", "sample"), default="reference",
-                        help="NUTS start: the prior centre, the Laplace MAP, or a prior draw per chain")
+    parser.add_argument("--init", choices=("reference", "map", "sample", "laplace"), default="reference",
+                        help="NUTS start: the prior centre, the Laplace MAP, a prior draw per chain, or 'laplace' "
+                        "(a draw of this posterior's Laplace approximation per chain, its covariance the dense "
+                        "mass matrix from the first iteration)")
+    parser.add_argument("--adapt-mass", action="store_true",
+                        help="NUTS with --init laplace: adapt the mass matrix during warm-up too (default: step size only)")
     parser.add_argument("--segment", type=int, default=50, help="NUTS iterations per saved segment")
     parser.add_argument("--resume", action="store_true", help="NUTS: continue the run saved in --out/nuts/")
     parser.add_argument("--omega", choices=("diag", "full"), default="diag",
@@ -181,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
                              seed=args.seed, progress=progress, parameterisation=args.parameterisation,
                              target_accept=args.target_accept, max_tree_depth=args.max_tree_depth,
                              dense_mass=args.dense_mass, init=args.init, init_values_override=start,
+                             adapt_mass=True if args.adapt_mass else None,
                              options=options, segment=args.segment, save_dir=out, resume=args.resume)
     fit.covariates = tuple(options.covariate_names) if options is not None else ()
     fit.bov = tuple(options.bov) if options is not None else ()

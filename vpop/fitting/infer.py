@@ -192,7 +192,7 @@ def svi_warnings(losses, steps: int, guide: str) -> list[str]:
     return out
 
 
-INIT_STRATEGIES = ("reference", "map", "sample")
+INIT_STRATEGIES = ("reference", "map", "sample", "laplace")
 _NUTS_KERNELS: dict = {}  # design -> (kernel, compiled segments): see run_nuts
 STATS = ("diverging", "num_steps", "accept_prob", "energy")
 
@@ -201,7 +201,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
              seed: int = 0, progress: bool = False, target_accept: float = 0.8, max_tree_depth: int = 8,
              dense_mass: bool = False, init: str = "reference", init_values_override: dict | None = None,
              parameterisation: str = "noncentred", options=None, segment: int = 50, save_dir=None,
-             resume: bool = False, chain_method: str = "vectorized") -> FitResult:
+             resume: bool = False, chain_method: str = "vectorized", adapt_mass: bool | None = None) -> FitResult:
     """NUTS with its controls exposed; chains vectorised (one program steps every chain); run in segments.
 
     The kernel is stepped `segment` iterations at a time (one compiled scan). After
@@ -212,8 +212,15 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     segment (not a terminal progress bar: it also shows in logs).
 
     init: "reference" (the prior centre), "map" (`init_values_override`, e.g. the
-    Laplace MAP) or "sample" (a prior draw per chain); "reference" and "map" add a
+    Laplace MAP), "sample" (a prior draw per chain) or "laplace"; "reference" and "map" add a
     jitter of SD 0.1 per chain in the unconstrained space so the chains start apart.
+    "laplace" takes the Laplace estimator's mode (`laplace.map_values`, the integrated
+    mode, or `init_values_override`), the inverse of this posterior's Hessian there
+    (patient-coloured differences of the gradient, `laplace.normal_approximation`) as a
+    dense inverse mass matrix from the first iteration, and starts each chain at a draw
+    of that normal approximation; warm-up then
+    adapts the step size only, unless `adapt_mass` (a dense mass estimated from a few
+    hundred warm-up draws in hundreds of dimensions is noisier than the Hessian's).
     `chain_method`: "vectorized" only (the sequential runner of numpyro recompiles per
     chain and cannot be saved per segment).
     """
@@ -231,6 +238,29 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         start.update(init_values_override)
     strategy = init_to_sample() if init == "sample" else init_to_value(values=start)
     scans = {}
+    mass = {"dense_mass": dense_mass}
+    laplace_start = None
+    if init == "laplace":
+        from vpop.fitting.laplace import normal_approximation
+
+        if progress:
+            _say("NUTS: the Laplace approximation (mode and Hessian) for the start and the mass matrix")
+        t_mode = time.perf_counter()
+        if init_values_override is None:  # the integrated mode, not the joint one (see normal_approximation)
+            from vpop.fitting.laplace import map_values
+
+            init_values_override = map_values(problem, cohort, seed=seed, options=options,
+                                              parameterisation=parameterisation)
+        start.update(init_values_override)
+        at_mode = Unconstrained(model, args, kwargs, start, seed)
+        laplace_start = normal_approximation(at_mode, problem.n if problem is not None else None, progress,
+                                             centre=at_mode.x0)
+        laplace_start["seconds"] = time.perf_counter() - t_mode
+        mass = {"dense_mass": True, "inverse_mass_matrix": laplace_start["covariance"],
+                "adapt_mass_matrix": bool(adapt_mass)}
+        dense_mass = True
+    elif adapt_mass is not None:
+        mass["adapt_mass_matrix"] = bool(adapt_mass)
     data_as_argument = fast_path(problem, cohort, options) and init == "reference"
     if data_as_argument:
         # The data as an argument of the compiled sampler (`vpop.fitting.traced`): NumPyro's HMC takes the model's
@@ -240,24 +270,28 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         tp = traced(problem)
         leaves, treedef = jax.tree_util.tree_flatten(tp)
         design = (treedef, tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), parameterisation,
-                  target_accept, max_tree_depth, dense_mass, chains, warmup)
+                  target_accept, max_tree_depth, dense_mass, chains, warmup, adapt_mass)
         if design not in _NUTS_KERNELS:
             _NUTS_KERNELS[design] = (NUTS(model, init_strategy=strategy, target_accept_prob=target_accept,
-                                          max_tree_depth=max_tree_depth, dense_mass=dense_mass), {})
+                                          max_tree_depth=max_tree_depth, **mass), {})
         kernel, scans = _NUTS_KERNELS[design]
         args = (tp,)
     else:
         kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                      dense_mass=dense_mass)
+                      **mass)
     free = problem.free if problem is not None else cohort.free
     meta = {"chains": chains, "warmup": warmup, "free": list(free), "n": problem.n if problem is not None else 0,
             "parameterisation": parameterisation, "dense_mass": dense_mass, "max_tree_depth": max_tree_depth,
-            "target_accept": target_accept, "seed": seed}
+            "target_accept": target_accept, "seed": seed, "init": init, "adapt_mass": adapt_mass}
     u = Unconstrained(model, args, kwargs, start, seed)
     t0 = time.perf_counter()
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
     init_params = None
-    if init != "sample":  # the chains start apart: jitter of SD 0.1 in the unconstrained space
+    if laplace_start is not None:  # each chain at a draw of the normal approximation
+        z = jax.random.normal(jax.random.PRNGKey(seed + 7), (chains, u.dim))
+        xs = laplace_start["mode"][None] + z @ laplace_start["cholesky"].T
+        init_params = jax.vmap(u.unravel)(jnp.asarray(xs))
+    elif init != "sample":  # the chains start apart: jitter of SD 0.1 in the unconstrained space
         jkeys = jax.random.split(jax.random.PRNGKey(seed + 7), len(u.tree0))
         init_params = {k: v[None] + 0.1 * jax.random.normal(jk, (chains, *jnp.shape(v)))
                        for jk, (k, v) in zip(jkeys, sorted(u.tree0.items()))}
@@ -309,7 +343,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
             phase = "warm-up" if seg["warmup"] else "sampling"
             _say(f"NUTS: iteration {done}/{total} ({phase}), {time.perf_counter() - t0:.0f} s, mean leapfrog steps "
                  f"{seg['num_steps'].mean():.1f}, divergences {int(seg['diverging'].sum())}")
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + (laplace_start["seconds"] if laplace_start is not None else 0.0)
     kept = [s for s in saved if not s["warmup"]]
     if not kept:
         raise UserError("NUTS: no draws (--draws must be >= 1)")
@@ -330,6 +364,14 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     if warm:
         out.diagnostics["mean_leapfrog_steps_warmup"] = float(np.mean(np.concatenate([s["num_steps"] for s in warm], 1)))
     out.diagnostics["max_tree_depth"] = max_tree_depth
+    if laplace_start is not None:
+        out.diagnostics["laplace_start_seconds"] = laplace_start["seconds"]
+        if laplace_start["not_positive"]:
+            out.diagnostics["warnings"].append(
+                f"the Laplace start's Hessian had {laplace_start['not_positive']} non-positive directions "
+                f"(given unit variance in the mass matrix)")
+        if not laplace_start["map"]["converged"]:
+            out.diagnostics["warnings"].append("the Laplace start's mode search did not converge")
     out.diagnostics["hit_max_tree_depth"] = int((depth >= max_tree_depth).sum())
     if out.diagnostics["hit_max_tree_depth"]:
         out.diagnostics["warnings"].append(f"{out.diagnostics['hit_max_tree_depth']} draws hit the maximum tree depth "
