@@ -68,9 +68,15 @@ def main():
         print(json.dumps({"svi_s": out["svi_s"], "guide": args.guide, "svi": out["svi"],
                           "svi_warnings": fit.diagnostics["warnings"]}), flush=True)
     if args.nuts_chains > 0:
+        start = None
+        if args.nuts_init == "laplace":
+            from vpop.fitting import laplace
+
+            start = laplace.nuts_start(problem, parameterisation=args.parameterisation, progress=True)
         fit = infer.run_nuts(problem, chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws,
                              parameterisation=args.parameterisation, init=args.nuts_init,
-                             target_accept=args.target_accept, segment=args.segment, progress=True)
+                             target_accept=args.target_accept, segment=args.segment, progress=True,
+                             laplace_start=start)
         d = fit.diagnostics
         iters = args.nuts_chains * (args.nuts_warmup + args.nuts_draws)
         out["nuts_s"] = round(fit.seconds, 1)

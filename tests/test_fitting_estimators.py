@@ -217,13 +217,14 @@ def test_nuts_laplace_start_uses_the_laplace_covariance_as_its_mass_matrix(defau
     import pickle
 
     problem, _ = _problem(default_config, 3, [1, 3])
-    model, args, kwargs = infer.model_and_args(problem, None, parameterisation="centred")
-    start = {**infer.init_values(problem, None), **laplace.map_values(problem, parameterisation="centred")}
-    at_mode = Unconstrained(model, args, kwargs, start)
-    approx = laplace.normal_approximation(at_mode, problem.n, centre=at_mode.x0)  # at the integrated mode
+    approx = laplace.nuts_start(problem, parameterisation="centred")  # at the integrated mode
+    assert approx["map"]["iterations"] == 0  # centred at the given mode, no search
+    with pytest.raises(UserError, match="no Laplace approximation"):
+        infer.run_nuts(problem, chains=2, warmup=2, draws=2, init="laplace")
     for adapt in (False, True):
         fit = infer.run_nuts(problem, chains=2, warmup=30, draws=5, seed=0, parameterisation="centred",
-                             init="laplace", adapt_mass=adapt, segment=10, save_dir=tmp_path / str(adapt))
+                             init="laplace", adapt_mass=adapt, segment=10, save_dir=tmp_path / str(adapt),
+                             laplace_start=approx)
         assert np.isfinite(fit.samples["theta"]).all()
         assert fit.diagnostics["laplace_start_seconds"] > 0
         with open(tmp_path / str(adapt) / "nuts" / "state.pkl", "rb") as f:

@@ -180,12 +180,18 @@ def _run(args: argparse.Namespace) -> int:
             _say(args, "NUTS: finding the MAP to start from")
             start = laplace.map_values(problem, cohort, seed=args.seed, options=options,
                                        parameterisation=args.parameterisation)
+        laplace_start = None
+        if args.init == "laplace":
+            from vpop.fitting import laplace
+
+            laplace_start = laplace.nuts_start(problem, cohort, seed=args.seed, options=options,
+                                               parameterisation=args.parameterisation, progress=progress)
         out.mkdir(parents=True, exist_ok=True)
         fit = infer.run_nuts(problem, cohort, chains=args.chains, warmup=args.warmup, draws=args.draws,
                              seed=args.seed, progress=progress, parameterisation=args.parameterisation,
                              target_accept=args.target_accept, max_tree_depth=args.max_tree_depth,
                              dense_mass=args.dense_mass, init=args.init, init_values_override=start,
-                             adapt_mass=True if args.adapt_mass else None,
+                             adapt_mass=True if args.adapt_mass else None, laplace_start=laplace_start,
                              options=options, segment=args.segment, save_dir=out, resume=args.resume)
     fit.covariates = tuple(options.covariate_names) if options is not None else ()
     fit.bov = tuple(options.bov) if options is not None else ()

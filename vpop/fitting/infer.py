@@ -201,7 +201,8 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
              seed: int = 0, progress: bool = False, target_accept: float = 0.8, max_tree_depth: int = 8,
              dense_mass: bool = False, init: str = "reference", init_values_override: dict | None = None,
              parameterisation: str = "noncentred", options=None, segment: int = 50, save_dir=None,
-             resume: bool = False, chain_method: str = "vectorized", adapt_mass: bool | None = None) -> FitResult:
+             resume: bool = False, chain_method: str = "vectorized", adapt_mass: bool | None = None,
+             laplace_start: dict | None = None) -> FitResult:
     """NUTS with its controls exposed; chains vectorised (one program steps every chain); run in segments.
 
     The kernel is stepped `segment` iterations at a time (one compiled scan). After
@@ -214,11 +215,10 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     init: "reference" (the prior centre), "map" (`init_values_override`, e.g. the
     Laplace MAP), "sample" (a prior draw per chain) or "laplace"; "reference" and "map" add a
     jitter of SD 0.1 per chain in the unconstrained space so the chains start apart.
-    "laplace" takes the Laplace estimator's mode (`laplace.map_values`, the integrated
-    mode, or `init_values_override`), the inverse of this posterior's Hessian there
-    (patient-coloured differences of the gradient, `laplace.normal_approximation`) as a
-    dense inverse mass matrix from the first iteration, and starts each chain at a draw
-    of that normal approximation; warm-up then
+    "laplace" takes `laplace_start` (`laplace.nuts_start`: the Laplace estimator's
+    integrated mode and the inverse of this posterior's Hessian there) as a dense inverse
+    mass matrix from the first iteration, and starts each chain at a draw of that normal
+    approximation; warm-up then
     adapts the step size only, unless `adapt_mass` (a dense mass estimated from a few
     hundred warm-up draws in hundreds of dimensions is noisier than the Hessian's).
     `chain_method`: "vectorized" only (the sequential runner of numpyro recompiles per
@@ -239,23 +239,11 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     strategy = init_to_sample() if init == "sample" else init_to_value(values=start)
     scans = {}
     mass = {"dense_mass": dense_mass}
-    laplace_start = None
+    if init != "laplace":
+        laplace_start = None
     if init == "laplace":
-        from vpop.fitting.laplace import normal_approximation
-
-        if progress:
-            _say("NUTS: the Laplace approximation (mode and Hessian) for the start and the mass matrix")
-        t_mode = time.perf_counter()
-        if init_values_override is None:  # the integrated mode, not the joint one (see normal_approximation)
-            from vpop.fitting.laplace import map_values
-
-            init_values_override = map_values(problem, cohort, seed=seed, options=options,
-                                              parameterisation=parameterisation)
-        start.update(init_values_override)
-        at_mode = Unconstrained(model, args, kwargs, start, seed)
-        laplace_start = normal_approximation(at_mode, problem.n if problem is not None else None, progress,
-                                             centre=at_mode.x0)
-        laplace_start["seconds"] = time.perf_counter() - t_mode
+        if laplace_start is None:
+            raise UserError("--init laplace: no Laplace approximation given (laplace.nuts_start)")
         mass = {"dense_mass": True, "inverse_mass_matrix": laplace_start["covariance"],
                 "adapt_mass_matrix": bool(adapt_mass)}
         dense_mass = True
