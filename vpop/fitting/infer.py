@@ -218,9 +218,9 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     "laplace" takes `laplace_start` (`laplace.nuts_start`: the Laplace estimator's
     integrated mode and the inverse of this posterior's Hessian there) as a dense inverse
     mass matrix from the first iteration, and starts each chain at a draw of that normal
-    approximation; warm-up then
-    adapts the step size only, unless `adapt_mass` (a dense mass estimated from a few
-    hundred warm-up draws in hundreds of dimensions is noisier than the Hessian's).
+    approximation; warm-up then adapts the step size only, unless `adapt_mass` (a dense
+    mass estimated from a few hundred warm-up draws in hundreds of dimensions is noisier
+    than the Hessian's).
     `chain_method`: "vectorized" only (the sequential runner of numpyro recompiles per
     chain and cannot be saved per segment).
     """
@@ -238,17 +238,15 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         start.update(init_values_override)
     strategy = init_to_sample() if init == "sample" else init_to_value(values=start)
     scans = {}
-    mass = {"dense_mass": dense_mass}
-    if init != "laplace":
-        laplace_start = None
     if init == "laplace":
         if laplace_start is None:
             raise UserError("--init laplace: no Laplace approximation given (laplace.nuts_start)")
-        mass = {"dense_mass": True, "inverse_mass_matrix": laplace_start["covariance"],
-                "adapt_mass_matrix": bool(adapt_mass)}
         dense_mass = True
-    elif adapt_mass is not None:
-        mass["adapt_mass_matrix"] = bool(adapt_mass)
+        mass = {"inverse_mass_matrix": laplace_start["covariance"], "adapt_mass_matrix": bool(adapt_mass)}
+    else:
+        laplace_start = None
+        mass = {} if adapt_mass is None else {"adapt_mass_matrix": bool(adapt_mass)}
+    mass["dense_mass"] = dense_mass
     data_as_argument = fast_path(problem, cohort, options) and init == "reference"
     if data_as_argument:
         # The data as an argument of the compiled sampler (`vpop.fitting.traced`): NumPyro's HMC takes the model's
