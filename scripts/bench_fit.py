@@ -5,6 +5,7 @@
     python scripts/bench_fit.py --n 30 --svi-steps 300 --nuts-chains 2 --nuts-warmup 100 --nuts-draws 100
     python scripts/bench_fit.py --svi-steps 0 --nuts-chains 1 --nuts-warmup 50 --nuts-draws 50   # shortened NUTS
     python scripts/bench_fit.py --svi-steps 0 --nuts-init laplace --segment 25     # the issue-15 NUTS target
+    python scripts/bench_fit.py ... --chain-method vectorized   # all chains in one program, in lock-step
 
 Prints compile + run seconds, the estimates against the truth and the NUTS
 diagnostics, the cost of one log-density gradient (the unit of NUTS work), and
@@ -16,11 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+from vpop.engine import sharding  # noqa: E402
+
+
+def _chain_devices(argv) -> int:
+    """CPU devices for parallel chains, asked for before JAX starts (`--chain-devices`, default the chains)."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--nuts-chains", type=int, default=4)
+    ap.add_argument("--chain-method", default="parallel")
+    ap.add_argument("--chain-devices", type=int, default=0)
+    a, _ = ap.parse_known_args(argv)
+    return 1 if a.chain_method != "parallel" else (a.chain_devices or a.nuts_chains)
+
+
 
 from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer, synthetic  # noqa: E402
@@ -31,6 +46,16 @@ FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")
 TRUTH = {"car_prolif_max": 1.2, "il6_per_myeloid": 50000.0, "crp_max": 250.0}
 OMEGA = {"car_prolif_max": 0.15, "il6_per_myeloid": 0.3, "crp_max": 0.25}
 TIMES = [0.5, 1, 2, 3, 4, 5, 7, 10, 14, 21]
+
+
+def benchmark_problem(n: int, substeps: int | None = None, derivatives: str = "forward"):
+    """The benchmark's data set (n patients from the engine, seed 11) and its fitting problem."""
+    cfg = load_config(None)
+    data, _ = synthetic.simulate_dataset(cfg, n, FREE, TRUTH, OMEGA, 0.2, TIMES,
+                                         ["car_t", "il6", "crp", "ferritin"], seed=11, lloq={"il6": 10.0})
+    settings = fm.GridSettings(substeps=fm.GridSettings().substeps if substeps is None else substeps,
+                               derivatives=derivatives)
+    return data, fm.build_problem(data, cfg, FREE, settings)
 
 
 def main():
@@ -48,13 +73,12 @@ def main():
                     "(the Laplace covariance as the dense mass matrix from the first iteration)")
     ap.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance probability")
     ap.add_argument("--segment", type=int, default=50, help="NUTS iterations per printed segment")
+    ap.add_argument("--chain-method", default="parallel", help="NUTS chains: parallel (over CPU devices) or vectorized")
+    ap.add_argument("--chain-devices", type=int, default=0, help="CPU devices for parallel chains (default: one per chain)")
     args = ap.parse_args()
-    cfg = load_config(None)
     t0 = time.perf_counter()
-    data, truth = synthetic.simulate_dataset(cfg, args.n, FREE, TRUTH, OMEGA, 0.2, TIMES,
-                                             ["car_t", "il6", "crp", "ferritin"], seed=11, lloq={"il6": 10.0})
-    settings = fm.GridSettings(substeps=args.substeps, derivatives=args.derivatives)
-    problem = fm.build_problem(data, cfg, FREE, settings)
+    data, problem = benchmark_problem(args.n, args.substeps, args.derivatives)
+    settings = problem.settings
     out = {"patients": args.n, "observations": data.n_observations(), "censored": data.n_censored(),
            "grid_points": problem.n_grid + 1, "settings": str(settings), "simulate_s": round(time.perf_counter() - t0, 1),
            "truth": TRUTH}
@@ -76,7 +100,7 @@ def main():
         fit = infer.run_nuts(problem, chains=args.nuts_chains, warmup=args.nuts_warmup, draws=args.nuts_draws,
                              parameterisation=args.parameterisation, init=args.nuts_init,
                              target_accept=args.target_accept, segment=args.segment, progress=True,
-                             laplace_start=start)
+                             laplace_start=start, chain_method=args.chain_method)
         d = fit.diagnostics
         iters = args.nuts_chains * (args.nuts_warmup + args.nuts_draws)
         out["nuts_s"] = round(fit.seconds, 1)
@@ -110,4 +134,5 @@ def gradient_ms(problem, parameterisation, repeats: int = 10) -> float:
 
 
 if __name__ == "__main__":
+    sharding.request_cpu_devices(_chain_devices(sys.argv[1:]))  # before the first computation
     main()

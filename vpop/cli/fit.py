@@ -56,7 +56,10 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=0.02, help="SVI Adam learning rate")
     parser.add_argument("--guide", choices=("mvn", "normal", "delta"), default="mvn",
                         help="SVI guide: mvn (full covariance, default), normal (mean-field: too narrow), delta (point)")
-    parser.add_argument("--chains", type=int, default=4, help="NUTS chains (run vectorised)")
+    parser.add_argument("--chains", type=int, default=4, help="NUTS chains")
+    parser.add_argument("--chain-method", choices=("parallel", "vectorized"), default="parallel",
+                        help="NUTS chains: parallel (one CPU device per chain, so every core works and no chain "
+                             "waits for another's deeper tree) or vectorized (one program, chains in lock-step)")
     parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations per chain")
     parser.add_argument("--draws", type=int, default=500, help="NUTS draws kept per chain")
     parser.add_argument("--target-accept", type=float, default=0.8, help="NUTS target acceptance probability")
@@ -97,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     """`vpop fit`: float64 throughout (the likelihood's gradients need it), scoped to this command."""
     import jax
 
+    if args.method == "nuts" and args.chain_method == "parallel":
+        from vpop.engine import sharding
+
+        sharding.request_cpu_devices(args.chains)  # before the first computation starts JAX's backends
     with jax.enable_x64(True):
         return _run(args)
 
@@ -192,7 +199,8 @@ def _run(args: argparse.Namespace) -> int:
                              target_accept=args.target_accept, max_tree_depth=args.max_tree_depth,
                              dense_mass=args.dense_mass, init=args.init, init_values_override=start,
                              adapt_mass=True if args.adapt_mass else None, laplace_start=laplace_start,
-                             options=options, segment=args.segment, save_dir=out, resume=args.resume)
+                             options=options, segment=args.segment, save_dir=out, resume=args.resume,
+                             chain_method=args.chain_method)
     fit.covariates = tuple(options.covariate_names) if options is not None else ()
     fit.bov = tuple(options.bov) if options is not None else ()
     if options is not None and (options.covariate_names or options.bov):

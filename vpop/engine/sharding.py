@@ -49,6 +49,26 @@ import inspect as _inspect
 _NO_CHECK = {"check_vma": False} if "check_vma" in _inspect.signature(_shard_map).parameters else {"check_rep": False}
 
 
+def unchecked_shard_map(f, mesh: Mesh, in_specs, out_specs):
+    """`shard_map` without replication checking: for bodies with no collectives (per-device work only)."""
+    return _shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, **_NO_CHECK)
+
+
+def request_cpu_devices(n: int) -> int:
+    """Ask for `n` CPU devices (threads of one process) before JAX starts its backends; returns the local count.
+
+    The count can only be set before the first computation, so a command that wants it (`vpop fit --method
+    nuts`, whose chains run in parallel over devices) calls this first. It changes the CPU backend only: on a
+    machine with an accelerator the local devices stay the accelerator's. Once the backends are up, nothing
+    changes.
+    """
+    from jax._src import xla_bridge
+
+    if n > 1 and not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", int(n))
+    return device_count()
+
+
 def local_devices() -> tuple:
     """The devices this process runs on (all local devices of the default backend)."""
     return tuple(jax.local_devices())
@@ -108,7 +128,7 @@ def sharded_batch(settings: engine_mod.EngineSettings, devices: tuple | None = N
 
     # No collectives inside: per-device values need no replication checking (the
     # engine's loop carries start from constants, which the check would reject).
-    mapped = _shard_map(per_device, mesh=m, in_specs=(P(AXIS), P(AXIS), P()), out_specs=P(AXIS), **_NO_CHECK)
+    mapped = unchecked_shard_map(per_device, m, in_specs=(P(AXIS), P(AXIS), P()), out_specs=P(AXIS))
     return jax.jit(mapped, in_shardings=(patients, patients, replicated), out_shardings=patients)
 
 

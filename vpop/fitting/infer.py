@@ -193,6 +193,7 @@ def svi_warnings(losses, steps: int, guide: str) -> list[str]:
 
 
 INIT_STRATEGIES = ("reference", "map", "sample", "laplace")
+CHAIN_METHODS = ("vectorized", "parallel")
 _NUTS_KERNELS: dict = {}  # design -> (kernel, compiled segments): see run_nuts
 STATS = ("diverging", "num_steps", "accept_prob", "energy")
 
@@ -201,7 +202,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
              seed: int = 0, progress: bool = False, target_accept: float = 0.8, max_tree_depth: int = 8,
              dense_mass: bool = False, init: str = "reference", init_values_override: dict | None = None,
              parameterisation: str = "noncentred", options=None, segment: int = 50, save_dir=None,
-             resume: bool = False, chain_method: str = "vectorized", adapt_mass: bool | None = None,
+             resume: bool = False, chain_method: str = "parallel", adapt_mass: bool | None = None,
              laplace_start: dict | None = None) -> FitResult:
     """NUTS with its controls exposed; chains vectorised (one program steps every chain); run in segments.
 
@@ -221,13 +222,17 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     approximation; warm-up then adapts the step size only, unless `adapt_mass` (a dense
     mass estimated from a few hundred warm-up draws in hundreds of dimensions is noisier
     than the Hessian's).
-    `chain_method`: "vectorized" only (the sequential runner of numpyro recompiles per
-    chain and cannot be saved per segment).
+    `chain_method`: "vectorized" (one program steps every chain in lock-step: each
+    iteration waits for the chain with the deepest tree) or "parallel" (the chains are
+    split over the local devices with `shard_map`, each device stepping its own share
+    with no exchange inside a segment; on a CPU the devices are threads, so the chains
+    use every core; see `chain_devices`). Both give the same draws. NumPyro's sequential
+    runner is not offered: it recompiles per chain and cannot be saved per segment.
     """
     from vpop.fitting import checkpoint
 
-    if chain_method != "vectorized":
-        raise UserError(f"chain_method {chain_method!r}: only 'vectorized' is supported")
+    if chain_method not in CHAIN_METHODS:
+        raise UserError(f"--chain-method {chain_method!r}: use one of {', '.join(CHAIN_METHODS)}")
     if init not in INIT_STRATEGIES:
         raise UserError(f"--init {init!r}: use one of {', '.join(INIT_STRATEGIES)}")
     model, args, kwargs = model_and_args(problem, cohort, parameterisation=parameterisation, options=options)
@@ -247,6 +252,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         laplace_start = None
         mass = {} if adapt_mass is None else {"adapt_mass_matrix": bool(adapt_mass)}
     mass["dense_mass"] = dense_mass
+    devices = chain_devices(chains) if chain_method == "parallel" else 1
     data_as_argument = fast_path(problem, cohort, options) and init == "reference"
     if data_as_argument:
         # The data as an argument of the compiled sampler (`vpop.fitting.traced`): NumPyro's HMC takes the model's
@@ -256,7 +262,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         tp = traced(problem)
         leaves, treedef = jax.tree_util.tree_flatten(tp)
         design = (treedef, tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves), parameterisation,
-                  target_accept, max_tree_depth, dense_mass, chains, warmup, adapt_mass)
+                  target_accept, max_tree_depth, dense_mass, chains, warmup, adapt_mass, devices)
         if design not in _NUTS_KERNELS:
             _NUTS_KERNELS[design] = (NUTS(model, init_strategy=strategy, target_accept_prob=target_accept,
                                           max_tree_depth=max_tree_depth, **mass), {})
@@ -307,6 +313,8 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
 
             return jax.lax.scan(body, st, None, length=length)
 
+        if devices > 1:  # each device its share of the chains; every leaf of the state leads with the chain axis
+            run = _over_chain_devices(run, devices)
         return jax.jit(run)
 
     while done < total:
@@ -363,6 +371,23 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
         out.diagnostics["warnings"].append(f"{out.diagnostics['hit_max_tree_depth']} draws hit the maximum tree depth "
                                            f"({max_tree_depth}): raise --max-tree-depth or use --dense-mass")
     return out
+
+
+def chain_devices(chains: int) -> int:
+    """Devices the chains are split over: the most local devices that divide `chains` evenly."""
+    n = len(jax.local_devices())
+    return max(d for d in range(1, min(n, chains) + 1) if chains % d == 0)
+
+
+def _over_chain_devices(run, devices: int):
+    """`run(state, args) -> (state, per-iteration stats)` with the chains sharded over `devices` devices."""
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from vpop.engine.sharding import unchecked_shard_map
+
+    mesh = Mesh(np.asarray(jax.local_devices()[:devices], dtype=object), ("chains",))
+    # Stats come out of the scan as (iteration, chain, ...): the chain axis is the second.
+    return unchecked_shard_map(run, mesh, in_specs=(P("chains"), P()), out_specs=(P("chains"), P(None, "chains")))
 
 
 def tree_depth(num_steps) -> np.ndarray:
