@@ -204,7 +204,7 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
              parameterisation: str = "noncentred", options=None, segment: int = 50, save_dir=None,
              resume: bool = False, chain_method: str = "parallel", adapt_mass: bool | None = None,
              laplace_start: dict | None = None) -> FitResult:
-    """NUTS with its controls exposed; chains vectorised (one program steps every chain); run in segments.
+    """NUTS with its controls exposed; chains in parallel over devices (or vectorised); run in segments.
 
     The kernel is stepped `segment` iterations at a time (one compiled scan). After
     each segment, with `save_dir`, the draws of that segment are appended to
