@@ -206,6 +206,19 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 # --- the batch loop ----------------------------------------------------------------------------
 
 
+def sample_by_device_share(sample, keys, devices: int):
+    """The population draws of a batch sampled in the shares the engine gives each device.
+
+    The sampler draws in float32 whatever the run's precision (a patient is the same patient in both), and
+    float32 code vectorised over a batch rounds differently in its SIMD lanes and its remainder loop on
+    some CPUs (AVX2: 1 ulp). Sampling each device's share at its own shape keeps a several-device run equal,
+    bit for bit, to one device running batches of that share (tests/test_sharding.py)."""
+    if devices == 1:
+        return sample(keys)
+    parts = [sample(k) for k in jnp.split(keys, devices)]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
 @dataclass
 class RunStats:
     compile_seconds: float
@@ -258,7 +271,7 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                 t0 = time.perf_counter()
             if plan.table is None:
                 pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
-                cov, p = sample(pop_keys)
+                cov, p = sample_by_device_share(sample, pop_keys, sharding.device_count())
             else:
                 keys, given, eta = patient_table_mod.batch_rows(plan.table, ids, plan.seed)
                 pop_keys, event_keys = split_keys(keys)
