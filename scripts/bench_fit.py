@@ -17,26 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
 from vpop.engine import sharding  # noqa: E402
-
-
-def _chain_devices(argv) -> int:
-    """CPU devices for parallel chains, asked for before JAX starts (`--chain-devices`, default the chains)."""
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--nuts-chains", type=int, default=4)
-    ap.add_argument("--chain-method", default="parallel")
-    ap.add_argument("--chain-devices", type=int, default=0)
-    a, _ = ap.parse_known_args(argv)
-    return 1 if a.chain_method != "parallel" else (a.chain_devices or a.nuts_chains)
-
-
-
 from vpop.run.config import load_config  # noqa: E402
 from vpop.fitting import infer, synthetic  # noqa: E402
 from vpop.fitting import model as fm  # noqa: E402
@@ -58,7 +44,7 @@ def benchmark_problem(n: int, substeps: int | None = None, derivatives: str = "f
     return data, fm.build_problem(data, cfg, FREE, settings)
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--svi-steps", type=int, default=1000)
@@ -75,7 +61,10 @@ def main():
     ap.add_argument("--segment", type=int, default=50, help="NUTS iterations per printed segment")
     ap.add_argument("--chain-method", default="parallel", help="NUTS chains: parallel (over CPU devices) or vectorized")
     ap.add_argument("--chain-devices", type=int, default=0, help="CPU devices for parallel chains (default: one per chain)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace):
     t0 = time.perf_counter()
     data, problem = benchmark_problem(args.n, args.substeps, args.derivatives)
     settings = problem.settings
@@ -134,5 +123,7 @@ def gradient_ms(problem, parameterisation, repeats: int = 10) -> float:
 
 
 if __name__ == "__main__":
-    sharding.request_cpu_devices(_chain_devices(sys.argv[1:]))  # before the first computation
-    main()
+    arguments = parse_args()
+    if arguments.chain_method == "parallel":  # before the first computation starts JAX's backends
+        sharding.request_cpu_devices(arguments.chain_devices or arguments.nuts_chains)
+    main(arguments)

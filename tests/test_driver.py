@@ -248,3 +248,30 @@ def test_precision_follows_the_config_without_a_global_switch():
     assert out.stdout.split() == ["False", "True"]
     source = "\n".join(p.read_text() for p in Path(vpop.__file__).parent.joinpath("run").glob("*.py"))
     assert "jax_enable_x64\", True" not in source and "jax_enable_x64', True" not in source
+
+
+def test_sample_by_device_share_samples_each_share_and_keeps_patient_order():
+    """The sampler sees each device's share (shape batch / devices), arrays and dicts split alike, and the
+    concatenated draws are the whole batch's in patient order."""
+    import jax
+    import jax.numpy as jnp
+
+    from vpop.run.driver import sample_by_device_share
+
+    shapes = []
+
+    def sample(keys, given):
+        shapes.append((keys.shape, given["x"].shape))
+        return {"c": keys[:, 0] * 10}, {"p": given["x"] + keys[:, 1]}
+
+    keys = jnp.arange(16).reshape(8, 2)
+    given = {"x": jnp.arange(8.0)}
+    whole = sample(keys, given)
+    shapes.clear()
+    shared = sample_by_device_share(sample, 4, keys, given)
+    assert shapes == [((2, 2), (2,))] * 4
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(shared)):
+        assert (a == b).all()
+    shapes.clear()
+    sample_by_device_share(sample, 1, keys, given)
+    assert shapes == [((8, 2), (8,))]

@@ -206,16 +206,17 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 # --- the batch loop ----------------------------------------------------------------------------
 
 
-def sample_by_device_share(sample, keys, devices: int):
-    """The population draws of a batch sampled in the shares the engine gives each device.
+def sample_by_device_share(sample, devices: int, *batch):
+    """`sample(*batch)` (arrays or dicts of arrays, patients on axis 0) run on each device's share of the batch.
 
     The sampler draws in float32 whatever the run's precision (a patient is the same patient in both), and
     float32 code vectorised over a batch rounds differently in its SIMD lanes and its remainder loop on
     some CPUs (AVX2: 1 ulp). Sampling each device's share at its own shape keeps a several-device run equal,
     bit for bit, to one device running batches of that share (tests/test_sharding.py)."""
     if devices == 1:
-        return sample(keys)
-    parts = [sample(k) for k in jnp.split(keys, devices)]
+        return sample(*batch)
+    size = jax.tree.leaves(batch)[0].shape[0] // devices
+    parts = [sample(*jax.tree.map(lambda x, i=i: x[i * size:(i + 1) * size], batch)) for i in range(devices)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
@@ -249,6 +250,7 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
         else:
             sample_given = patient_table_mod.given_sampler(sampler, dtype)
         engine = sharding.batch_function(plan.settings)
+        devices = sharding.device_count()
         compiled = None
         compile_seconds = 0.0
         done, batches = done_before, 0
@@ -271,11 +273,11 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                 t0 = time.perf_counter()
             if plan.table is None:
                 pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
-                cov, p = sample_by_device_share(sample, pop_keys, sharding.device_count())
+                cov, p = sample_by_device_share(sample, devices, pop_keys)
             else:
                 keys, given, eta = patient_table_mod.batch_rows(plan.table, ids, plan.seed)
                 pop_keys, event_keys = split_keys(keys)
-                cov, p = sample_given(pop_keys, given, eta)
+                cov, p = sample_by_device_share(sample_given, devices, pop_keys, given, eta)
             if compiled is None:
                 compiled = executable(engine, plan.settings, p, event_keys, policy)
                 compile_seconds = time.perf_counter() - t0
