@@ -15,6 +15,19 @@ def default_config():
     return load_config(None)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, but no more than the memory holds (a worker that compiles the
+    fitting programs peaks near 5 GiB). CI's 2 cores and 24 GiB give 2."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory_gib = 8.0
+    return max(1, min(cores, int(memory_gib // 6)))
+
+
 def pytest_collection_modifyitems(config, items):
     """Slow tests run in CI (CI=true) or when asked for (`-m slow`, VPOP_SLOW=1); the default suite skips them."""
     import os

@@ -222,7 +222,9 @@ def test_nuts_laplace_start_uses_the_laplace_covariance_as_its_mass_matrix(defau
     with pytest.raises(UserError, match="no Laplace approximation"):
         infer.run_nuts(problem, chains=2, warmup=2, draws=2, init="laplace")
     for adapt in (False, True):
-        fit = infer.run_nuts(problem, chains=2, warmup=30, draws=5, seed=0, parameterisation="centred",
+        # draws == segment: one segment length, so one compiled program per run (a NUTS segment's compile
+        # is most of this test's time)
+        fit = infer.run_nuts(problem, chains=2, warmup=30, draws=10, seed=0, parameterisation="centred",
                              init="laplace", adapt_mass=adapt, segment=10, save_dir=tmp_path / str(adapt),
                              laplace_start=approx)
         assert np.isfinite(fit.samples["theta"]).all()
