@@ -214,3 +214,45 @@ def test_cd28_preset_has_earlier_crs_and_expansion_than_ciltacel(tmp_path):
     assert out["axicel"][0] + 2.0 <= out["ciltacel"][0], out  # median CRS onset (axi ~2 d, cilta ~6 d)
     assert out["axicel"][1] + 3.0 <= out["ciltacel"][1], out  # median CAR-T Tmax
     assert out["ciltacel"][2] > 0.5, out
+
+
+# --- parameters shared by every patient (the engine takes them as scalars) ----------
+
+
+@pytest.mark.parametrize("preset", ["axicel", "ciltacel"])
+def test_shared_parameters_are_exactly_those_equal_for_every_sampled_patient(preset):
+    """The traced dependency walk names a parameter shared iff no two of 500 sampled patients differ in it
+    (a flat-dose product, cilta-cel, also makes the dose per kg individual)."""
+    cfg = load_config(shipped_config(f"{preset}.yaml"))
+    sampler = PopulationSampler(cfg.population, cfg.parameters)
+    _, p = jax.jit(jax.vmap(sampler.individual))(patient_keys(5, np.arange(500)))
+    equal = {k for k, v in p.items() if np.ptp(np.asarray(v)) == 0}
+    assert set(sampler.shared_parameters()) == equal
+    assert {"cytokine_sensitivity", "tumor_burden", "weight_kg"}.isdisjoint(equal)
+
+
+def test_shared_parameters_as_scalars_give_the_same_courses(default_config):
+    """The engine broadcasts 0-d parameters: the same grades and doses, peaks to float32 rounding."""
+    import jax.numpy as jnp
+    from dataclasses import replace
+
+    from vpop.engine.course import compiled_batch, simulate_batch
+    from vpop.run import driver
+
+    cfg = default_config
+    settings = replace(driver.plan(cfg, 64, 0, False).settings, days=7.0)
+    sampler = PopulationSampler(cfg.population, cfg.parameters)
+    pop_keys, event_keys = driver.split_keys(patient_keys(3, np.arange(64)))
+    _, p = driver.compiled_sampler(sampler, jnp.float32)(pop_keys)
+    scalars = driver.shared_as_scalars(p, driver.shared_parameters(sampler))
+    assert sum(np.ndim(v) == 0 for v in scalars.values()) == len(sampler.shared_parameters()) > 100
+    policy = cfg.policy.to_arrays(jnp.float32)
+    run = compiled_batch(settings)
+    rows_a, summ_a = run(p, event_keys, policy)
+    rows_s, summ_s = jax.jit(lambda q, k, pol: simulate_batch(q, k, pol, settings))(scalars, event_keys, policy)
+    for name in rows_a:
+        if "grade" in name:
+            np.testing.assert_array_equal(np.asarray(rows_s[name]), np.asarray(rows_a[name]), err_msg=name)
+    assert np.asarray(summ_a["peak_il6_pg_ml"]).max() > 100.0  # the week has a storm to compare
+    for name in ("tocilizumab_mg", "dexamethasone_mg", "peak_il6_pg_ml", "peak_crp_mg_l", "nadir_map_mmhg"):
+        np.testing.assert_allclose(np.asarray(summ_s[name]), np.asarray(summ_a[name]), rtol=1e-4, err_msg=name)

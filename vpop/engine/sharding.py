@@ -114,10 +114,12 @@ def mesh(devices: tuple | None = None) -> Mesh:
 
 @functools.lru_cache(maxsize=16)
 def sharded_batch(settings: engine_mod.EngineSettings, devices: tuple | None = None):
-    """`jit(shard_map(vmap(simulate_patient)))` over a 1-D mesh of `devices` (default: all local)."""
+    """`jit(shard_map(vmap(simulate_patient)))` over a 1-D mesh of `devices` (default: all local).
+
+    Parameters with a patient axis are split over the devices; 0-d ones (shared by every patient,
+    `vpop.run.driver.shared_as_scalars`) and the policy are replicated.
+    """
     m = mesh(devices)
-    patients = NamedSharding(m, P(AXIS))
-    replicated = NamedSharding(m, P())
 
     def per_device(p, keys, policy):
         # The one-device batch body, looked up at trace time (so patched functions are seen).
@@ -126,10 +128,19 @@ def sharded_batch(settings: engine_mod.EngineSettings, devices: tuple | None = N
             return body(p, keys, policy, settings)
         return jax.vmap(lambda pi, ki: engine_mod.simulate_patient(pi, ki, policy, settings))(p, keys)
 
-    # No collectives inside: per-device values need no replication checking (the
-    # engine's loop carries start from constants, which the check would reject).
-    mapped = unchecked_shard_map(per_device, m, in_specs=(P(AXIS), P(AXIS), P()), out_specs=P(AXIS))
-    return jax.jit(mapped, in_shardings=(patients, patients, replicated), out_shardings=patients)
+    def run(p, keys, policy):
+        # No collectives inside: per-device values need no replication checking (the
+        # engine's loop carries start from constants, which the check would reject).
+        specs = jax.tree_util.tree_map(_spec, p)
+        mapped = unchecked_shard_map(per_device, m, in_specs=(specs, P(AXIS), P()), out_specs=P(AXIS))
+        return mapped(p, keys, policy)
+
+    return jax.jit(run, out_shardings=NamedSharding(m, P(AXIS)))
+
+
+def _spec(x):
+    """Split along the patient axis, or replicate a 0-d (shared) value."""
+    return P(AXIS) if np.ndim(x) else P()
 
 
 MODES = ("per_device", "shard_map")
@@ -147,7 +158,7 @@ def batch_function(settings: engine_mod.EngineSettings, devices: tuple | None = 
     """The batch engine for these settings: split over the devices when there are several.
 
     One device: `engine.compiled_batch(settings)` itself. Several: a
-    `MultiDeviceBatch` (called like the jitted function; returns NumPy arrays).
+    `MultiDeviceBatch` (called like the jitted function; its outputs convert with `np.asarray`).
     """
     devs = local_devices() if devices is None else tuple(devices)
     if len(devs) == 1:
@@ -203,9 +214,37 @@ class MultiDeviceBatch:
         b = n // d
         outs = []
         for i, dev in enumerate(self.devices):  # asynchronous dispatch: the devices run concurrently
-            part = lambda x, i=i, dev=dev: jax.device_put(x[i * b:(i + 1) * b], dev)
+            # a 0-d parameter is shared by every patient: each device gets it whole
+            part = lambda x, i=i, dev=dev: jax.device_put(x[i * b:(i + 1) * b] if np.ndim(x) else x, dev)
             outs.append(self._fn(jax.tree_util.tree_map(part, p), part(keys), jax.device_put(policy, dev)))
-        return jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *outs)
+        return jax.tree_util.tree_map(lambda *xs: Gathered(xs), *outs)
+
+
+class Gathered:
+    """One output of a several-device call: the devices' parts, joined on first use (`np.asarray`).
+
+    Joining waits for the devices, so it is left to the caller: the driver dispatches the next batch
+    first and converts this one's outputs while the devices run (`vpop.run.driver.run`).
+    """
+
+    def __init__(self, parts):
+        self.parts = tuple(parts)
+
+    @property
+    def shape(self) -> tuple:
+        first = self.parts[0].shape
+        return (sum(x.shape[0] for x in self.parts),) + tuple(first[1:])
+
+    @property
+    def dtype(self):
+        return self.parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([np.asarray(x) for x in self.parts])
+        return out if dtype is None else out.astype(dtype)
 
 
 def process_share(n_items: int, process_index: int | None = None, process_count: int | None = None) -> range:
@@ -247,5 +286,5 @@ def put(tree, settings_devices: tuple | None = None, replicate: bool = False):
     devs = local_devices() if settings_devices is None else tuple(settings_devices)
     if len(devs) == 1:
         return tree
-    sharding = NamedSharding(mesh(devs), P() if replicate else P(AXIS))
-    return jax.device_put(tree, sharding)
+    m = mesh(devs)
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(m, P() if replicate else _spec(x))), tree)

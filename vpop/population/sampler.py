@@ -187,6 +187,15 @@ class PopulationSampler:
         effects.update(eta or {})
         return cov, self._parameters(cov, effects)
 
+    def shared_parameters(self) -> tuple[str, ...]:
+        """Names of the parameters that are the same for every patient (no covariate, effect or eta touches them).
+
+        Read from the traced sampler, not from values: an output is shared when nothing in its
+        computation reads the patient's key. With this model's default population that is 162 of
+        180 parameters; the engine takes them as scalars (`vpop.run.driver.shared_as_scalars`).
+        """
+        return shared_outputs(self.individual, jax.random.PRNGKey(0))[1]
+
     def _parameters(self, cov, eta: dict) -> dict[str, jax.Array]:
         p = {name: jnp.asarray(v, dtype=jnp.float32) for name, v in self.typical.items()}
         for name in SENSITIVITIES:
@@ -202,6 +211,36 @@ class PopulationSampler:
         # Reiber: upper reference of the albumin quotient is age/25 + 8 (x1e-3).
         p["qalb0"] = 0.65 * (cov["age_years"] / 25.0 + 8.0)
         return p
+
+
+def shared_outputs(fn, *args) -> tuple:
+    """For `fn(*args)` returning a tuple of dicts: per dict, the sorted keys whose value does not depend on `args`.
+
+    A dependency walk over the traced program (`jax.make_jaxpr`): an output that only constants and
+    literals feed is the same whatever the arguments, so for a per-patient function it is shared by
+    every patient.
+    """
+    from jax.extend.core import Literal
+
+    closed = jax.make_jaxpr(fn)(*args)
+    jaxpr = closed.jaxpr
+    dep = {v: True for v in jaxpr.invars}
+    dep.update({v: False for v in jaxpr.constvars})
+
+    def depends(v):
+        return False if isinstance(v, Literal) else dep.get(v, False)
+
+    def walk(eqns):
+        for eqn in eqns:
+            d = any(depends(v) for v in eqn.invars)
+            for v in eqn.outvars:
+                dep[v] = d
+
+    walk(jaxpr.eqns)
+    out = jax.eval_shape(fn, *args)
+    flat = [not depends(v) for v in jaxpr.outvars]
+    shared = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out), flat)
+    return tuple(tuple(sorted(k for k, s in part.items() if s)) for part in shared)
 
 
 def covariate_effects(cov, p) -> dict[str, jax.Array]:
