@@ -43,6 +43,7 @@ def _peak_rss_mb() -> float:
 
 
 SUBSTEPS = None  # --substeps: override the default steps per interval
+CPU_DEVICES = 1  # --cpu-devices: JAX CPU devices of the vpop workers (one engine program per device)
 
 
 def _config():
@@ -184,8 +185,11 @@ WORKERS = {"vpop": worker_vpop, "accuracy": worker_accuracy, "scipy": worker_sci
 def _spawn(kind: str, n: int, substeps: int | None = None) -> dict:
     substeps = SUBSTEPS if substeps is None else substeps
     extra = [] if substeps is None else ["--substeps", str(substeps)]
+    env = dict(os.environ)
+    if kind == "vpop" and CPU_DEVICES > 1:
+        env["JAX_NUM_CPU_DEVICES"] = str(CPU_DEVICES)
     out = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n), *extra],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -203,11 +207,15 @@ def main(argv=None) -> None:
                     help="also time an earlier commit's engine side by side at the largest size "
                          "(scripts/bench_side_by_side.py; e.g. ecc6919, the last commit before the redesign)")
     ap.add_argument("--compare-repeats", type=int, default=2, help="alternating runs per tree with --compare-ref")
+    ap.add_argument("--cpu-devices", type=int, default=1,
+                    help="JAX CPU devices for vpop's timing runs (the engine runs one program per device on its "
+                         "share of each batch; results are the same bit for bit)")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    global SUBSTEPS
+    global SUBSTEPS, CPU_DEVICES
     SUBSTEPS = args.substeps
+    CPU_DEVICES = args.cpu_devices
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args.n)))
         return
@@ -222,7 +230,7 @@ def main(argv=None) -> None:
           f"scipy {scipy.__version__}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     vp = {int(n): _spawn("vpop", int(n)) for n in args.sizes.split(",")}
     for n, r in vp.items():
-        print(f"vpop      n={n:>7}: compile {r['compile_s']:.1f} s, run {r['run_s']:.1f} s "
+        print(f"vpop      n={n:>7}, {CPU_DEVICES} CPU device(s): compile {r['compile_s']:.1f} s, run {r['run_s']:.1f} s "
               f"({r['patients_per_s']:.0f} patients/s, {1e3 / r['patients_per_s']:.3f} ms/patient), "
               f"wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, failed {r['failed']}, "
               f"flagged {r['inaccurate']}", flush=True)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from vpop.engine import course as engine_mod
 from vpop.engine import saved_program, sharding
 from vpop.errors import UserError
 from vpop.policy import rules as policy_mod
@@ -67,7 +68,8 @@ EXECUTABLES: dict = {}
 def executable(jitted, settings, *args):
     """Compiled engine for these settings and argument shapes (compiled once per process)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves), jax.config.jax_enable_x64)
+    device = next(iter(getattr(leaves[0], "devices", lambda: {None})()), None)  # one executable per device
+    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves), jax.config.jax_enable_x64, device)
     if key not in EXECUTABLES:
         # From the program saved by an earlier process where one fits (skips tracing), else traced.
         EXECUTABLES[key] = saved_program.compile(jitted, settings, *args)
@@ -121,6 +123,12 @@ def shared_parameters(sampler: PopulationSampler) -> tuple[str, ...]:
     if key not in _SHARED:
         _SHARED[key] = sampler.shared_parameters()
     return _SHARED[key]
+
+
+@functools.lru_cache(maxsize=16)
+def _scalars_jit(names: tuple):
+    """`(cov, p) -> (cov, shared_as_scalars(p, names))`, compiled: one dispatch, not one per parameter."""
+    return jax.jit(lambda cov, p: (cov, shared_as_scalars(p, names)))
 
 
 def shared_as_scalars(p: dict, names) -> dict:
@@ -240,7 +248,8 @@ def sample_by_device_share(sample, devices: int, *batch):
         return sample(*batch)
     size = jax.tree.leaves(batch)[0].shape[0] // devices
     parts = [sample(*jax.tree.map(lambda x, i=i: x[i * size:(i + 1) * size], batch)) for i in range(devices)]
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+    # a 0-d leaf (a parameter shared by every patient) is the same in every part
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs) if jnp.ndim(xs[0]) else xs[0], *parts)
 
 
 @dataclass
@@ -271,11 +280,14 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
         if plan.table is None:
             sample = compiled_sampler(sampler, dtype)
             shared = shared_parameters(sampler)
+            prepare = lambda keys: _scalars_jit(shared)(*sample(keys))  # noqa: E731
         else:
-            sample_given = patient_table_mod.given_sampler(sampler, dtype)
-        engine = sharding.batch_function(plan.settings)
-        devices = sharding.device_count()
-        compiled = None
+            prepare = patient_table_mod.given_sampler(sampler, dtype)
+        devs = sharding.local_devices()
+        per_device = len(devs) > 1 and sharding.default_mode() == "per_device"
+        engine = engine_mod.compiled_batch(plan.settings) if len(devs) == 1 or per_device \
+            else sharding.batch_function(plan.settings)
+        compiled: dict = {}  # device index -> executable
         compile_seconds = 0.0
         done, batches = done_before, 0
         t_start = time.perf_counter()
@@ -288,27 +300,50 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                 jobs.append((index, lo, hi, None, True))
 
         def dispatch(start):
-            """Sample a batch and start the engine on it; JAX runs it asynchronously."""
-            nonlocal compiled, compile_seconds
+            """Sample a batch and start the engine on it; JAX runs it asynchronously.
+
+            With several devices (per-device mode) each device samples its own share of the batch and
+            runs the one-device engine on it: nothing is joined before the outputs are read, and each
+            device's program is the one-device program (results bit for bit those of one device)."""
+            nonlocal compile_seconds
             ids = padded_ids(start, plan.n, B)
-            if compiled is None:  # the first batch compiles the sampler and the engine
+            first = not compiled
+            if first:  # the first batch compiles the sampler and the engine
                 if stage is not None:
                     stage("compiling")
                 t0 = time.perf_counter()
             if plan.table is None:
                 pop_keys, event_keys = split_keys(patient_keys(plan.seed, ids))
-                cov, p = sample_by_device_share(sample, devices, pop_keys)
-                p = shared_as_scalars(p, shared)
+                inputs = (pop_keys,)
             else:
                 keys, given, eta = patient_table_mod.batch_rows(plan.table, ids, plan.seed)
                 pop_keys, event_keys = split_keys(keys)
-                cov, p = sample_by_device_share(sample_given, devices, pop_keys, given, eta)
-            if compiled is None:
-                compiled = executable(engine, plan.settings, p, event_keys, policy)
+                inputs = (pop_keys, given, eta)
+            if not per_device:
+                cov, p = sample_by_device_share(prepare, len(devs), *inputs)
+                if first:
+                    compiled[0] = executable(engine, plan.settings, p, event_keys, policy)
+                out = compiled[0](p, event_keys, policy)
+            else:
+                size = B // len(devs)
+                covs, outs = [], []
+                for i, dev in enumerate(devs):
+                    def share(x, i=i, dev=dev):
+                        return jax.device_put(x[i * size:(i + 1) * size], dev)
+
+                    cov_i, p_i = prepare(*jax.tree_util.tree_map(share, inputs))
+                    keys_i, policy_i = share(event_keys), jax.device_put(policy, dev)
+                    if i not in compiled:
+                        compiled[i] = executable(engine, plan.settings, p_i, keys_i, policy_i)
+                    outs.append(compiled[i](p_i, keys_i, policy_i))
+                    covs.append(cov_i)
+                cov = jax.tree_util.tree_map(lambda *xs: sharding.Gathered(xs), *covs)
+                out = jax.tree_util.tree_map(lambda *xs: sharding.Gathered(xs), *outs)
+            if first:
                 compile_seconds = time.perf_counter() - t0
                 if stage is not None:
                     stage("simulating")
-            return cov, compiled(p, event_keys, policy)
+            return cov, out
 
         # The sink writes on its own thread (Parquet encoding releases the GIL), in order, at most
         # SINK_QUEUE slices behind: writing overlaps building the next tables and the engine.
