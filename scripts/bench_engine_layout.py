@@ -18,6 +18,7 @@ and checks that the variants give the same grades.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ def worker(batch: int, substeps: int, repeats: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    from vpop.engine import sharding
     from vpop.engine.course import compiled_batch
     from vpop.population.sampler import PopulationSampler, patient_keys
     from vpop.run import driver
@@ -52,9 +54,7 @@ def worker(batch: int, substeps: int, repeats: int) -> dict:
     for name, params in layouts.items():
         parts = []
         for i, dev in enumerate(devs):
-            def cut(x, i=i, dev=dev):
-                return jax.device_put(x[i * share:(i + 1) * share] if np.ndim(x) else x, dev)
-
+            cut = functools.partial(sharding.device_share, i=i, size=share, device=dev)
             parts.append((jax.tree_util.tree_map(cut, params), cut(event_keys), jax.device_put(policy, dev)))
 
         def call():

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vpop"
 LAYERS = (
-    ("errors", "stats", "configs", "data"),
+    ("errors", "stats", "tracing", "configs", "data"),
     ("model",),
     ("population",),
     ("observation",),

@@ -214,10 +214,15 @@ class MultiDeviceBatch:
         b = n // d
         outs = []
         for i, dev in enumerate(self.devices):  # asynchronous dispatch: the devices run concurrently
-            # a 0-d parameter is shared by every patient: each device gets it whole
-            part = lambda x, i=i, dev=dev: jax.device_put(x[i * b:(i + 1) * b] if np.ndim(x) else x, dev)
+            part = functools.partial(device_share, i=i, size=b, device=dev)
             outs.append(self._fn(jax.tree_util.tree_map(part, p), part(keys), jax.device_put(policy, dev)))
         return jax.tree_util.tree_map(lambda *xs: Gathered(xs), *outs)
+
+
+def device_share(x, i: int, size: int, device):
+    """Device i's share of a batch (patients on axis 0, `size` each), put on `device`; a 0-d value (a
+    parameter shared by every patient) goes whole."""
+    return jax.device_put(x[i * size:(i + 1) * size] if np.ndim(x) else x, device)
 
 
 class Gathered:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpop import tracing
 from vpop.model.parameters import TABLE, typical_values
 
 
@@ -216,30 +217,13 @@ class PopulationSampler:
 def shared_outputs(fn, *args) -> tuple:
     """For `fn(*args)` returning a tuple of dicts: per dict, the sorted keys whose value does not depend on `args`.
 
-    A dependency walk over the traced program (`jax.make_jaxpr`): an output that only constants and
-    literals feed is the same whatever the arguments, so for a per-patient function it is shared by
-    every patient.
+    An output that only constants and literals feed is the same whatever the arguments, so for a
+    per-patient function it is shared by every patient (`vpop.tracing`).
     """
-    from jax.extend.core import Literal
-
-    closed = jax.make_jaxpr(fn)(*args)
-    jaxpr = closed.jaxpr
-    dep = {v: True for v in jaxpr.invars}
-    dep.update({v: False for v in jaxpr.constvars})
-
-    def depends(v):
-        return False if isinstance(v, Literal) else dep.get(v, False)
-
-    def walk(eqns):
-        for eqn in eqns:
-            d = any(depends(v) for v in eqn.invars)
-            for v in eqn.outvars:
-                dep[v] = d
-
-    walk(jaxpr.eqns)
-    out = jax.eval_shape(fn, *args)
-    flat = [not depends(v) for v in jaxpr.outvars]
-    shared = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out), flat)
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    dep = tracing.dependence(jaxpr, [True] * len(jaxpr.invars))
+    flat = [not tracing.depends(dep, v) for v in jaxpr.outvars]
+    shared = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(jax.eval_shape(fn, *args)), flat)
     return tuple(tuple(sorted(k for k, s in part.items() if s)) for part in shared)
 
 

@@ -68,8 +68,8 @@ EXECUTABLES: dict = {}
 def executable(jitted, settings, *args):
     """Compiled engine for these settings and argument shapes (compiled once per process)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    device = next(iter(getattr(leaves[0], "devices", lambda: {None})()), None)  # one executable per device
-    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves), jax.config.jax_enable_x64, device)
+    placed = getattr(leaves[0], "sharding", None)  # one executable per device of a several-device run
+    key = (jitted, settings, tree, tuple((x.shape, str(x.dtype)) for x in leaves), jax.config.jax_enable_x64, placed)
     if key not in EXECUTABLES:
         # From the program saved by an earlier process where one fits (skips tracing), else traced.
         EXECUTABLES[key] = saved_program.compile(jitted, settings, *args)
@@ -287,6 +287,7 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
         per_device = len(devs) > 1 and sharding.default_mode() == "per_device"
         engine = engine_mod.compiled_batch(plan.settings) if len(devs) == 1 or per_device \
             else sharding.batch_function(plan.settings)
+        policies = [jax.device_put(policy, dev) for dev in devs] if per_device else None
         compiled: dict = {}  # device index -> executable
         compile_seconds = 0.0
         done, batches = done_before, 0
@@ -328,11 +329,9 @@ def run(plan: Plan, chunks: Sequence[tuple[int, int, int]], sink: Sink,
                 size = B // len(devs)
                 covs, outs = [], []
                 for i, dev in enumerate(devs):
-                    def share(x, i=i, dev=dev):
-                        return jax.device_put(x[i * size:(i + 1) * size], dev)
-
+                    share = functools.partial(sharding.device_share, i=i, size=size, device=dev)
                     cov_i, p_i = prepare(*jax.tree_util.tree_map(share, inputs))
-                    keys_i, policy_i = share(event_keys), jax.device_put(policy, dev)
+                    keys_i, policy_i = share(event_keys), policies[i]
                     if i not in compiled:
                         compiled[i] = executable(engine, plan.settings, p_i, keys_i, policy_i)
                     outs.append(compiled[i](p_i, keys_i, policy_i))

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import Literal
 
+from vpop import tracing
+
 
 def _phi12(z):
     """phi1(z) = (e^z - 1)/z and phi2(z) = (e^z - 1 - z)/z^2, stable near 0."""
@@ -235,20 +237,15 @@ def constant_loss_rows(production_loss, t, y, p) -> tuple:
     closed = jax.make_jaxpr(lambda tt, yy, pp: production_loss(tt, yy, pp)[1])(*spec)
     jaxpr = closed.jaxpr
     n_ty = len(jax.tree_util.tree_leaves((t, y)))
-    dep = {v: i < n_ty for i, v in enumerate(jaxpr.invars)}
-    producer = {}
-    for eqn in jaxpr.eqns:
-        d = any(dep.get(v, False) for v in eqn.invars if not isinstance(v, Literal))
-        for v in eqn.outvars:
-            dep[v] = d
-            producer[v] = eqn
+    dep = tracing.dependence(jaxpr, [i < n_ty for i in range(len(jaxpr.invars))])
+    producer = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
     out = jaxpr.outvars[0]
     eqn = producer.get(out)
     n_rows = jnp.shape(y)[0]
     if eqn is None or eqn.primitive.name not in ("concatenate", "stack") or len(eqn.invars) != n_rows:
         return ()
     return tuple(i for i, v in enumerate(eqn.invars)
-                 if not isinstance(v, Literal) and not dep.get(v, False))
+                 if not isinstance(v, Literal) and not tracing.depends(dep, v))
 
 
 def frozen_coefficients(production_loss, rows: tuple, t, y, h, p) -> Frozen | None:
