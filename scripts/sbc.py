@@ -214,6 +214,8 @@ def main():
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--parameterisation", default="centred")
     ap.add_argument("--substeps", type=int, default=1, help="ETDRK4 steps per 6 h of the fitting solve")
+    ap.add_argument("--nuisance", default="config",
+                    help="the fit's nuisance random effects (`vpop fit --nuisance`): none, config or names")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--out")
@@ -235,7 +237,9 @@ def main():
     for r in range(a.first, a.replicates):
         data, truth = engine_dataset(config, a.patients, free, times, seed=a.seed * 100_000 + r, omega=a.omega,
                                      sigma=a.sigma, lloq=a.lloq)
-        problem = fm.build_problem(data, config, free, fm.GridSettings(substeps=a.substeps), use_grades=False)
+        nuisance = a.nuisance if a.nuisance in fm.NUISANCE_CHOICES else tuple(a.nuisance.split(","))
+        problem = fm.build_problem(data, config, free, fm.GridSettings(substeps=a.substeps), use_grades=False,
+                                   nuisance=nuisance)
         for method in a.methods.split(","):
             t0 = time.perf_counter()
             res = fit(method, problem, a, seed=r)

@@ -71,7 +71,7 @@ def test_bov_needs_free_parameters_and_more_than_one_occasion_per_subject():
     assert bov_design(d, ("car_prolif_max",), ()) == {}  # no --bov: the model's options are unchanged
     plain = read_patient_data(EX / "addl.csv")
     opts = ModelOptions(**bov_design(plain, ("car_prolif_max",), ("car_prolif_max",)))
-    problem = SimpleNamespace(free=("car_prolif_max",), n=plain.n)
+    problem = SimpleNamespace(free=("car_prolif_max",), n=plain.n, nuisance=())
     with pytest.raises(UserError, match="one occasion"):
         opts.check(problem)
 
@@ -89,7 +89,7 @@ def test_bov_correction_makes_the_laplace_objective_the_exact_marginal_of_a_line
     y = (theta + 0.4 * rng.standard_normal(S)[subject][:, None] + 0.3 * rng.standard_normal(n)[:, None]
          + sigma * rng.standard_normal((n, m)))
     opts = ModelOptions(bov=("p",), bov_columns=np.array([0]), subject=subject, occasion=occasion)
-    prob = SimpleNamespace(obs_analyte=np.zeros((n, m), int))
+    prob = SimpleNamespace(obs_analyte=np.zeros((n, m), int), nuisance=())
     frozen = (jnp.ones((n, m, 1)), jnp.ones((n, m)), jnp.zeros((n, m)))
     # design of all random effects r = (z (S), k (n)) on the observations
     Dz = np.eye(S)[subject]  # (n, S)
@@ -158,5 +158,5 @@ def test_omega_bov_is_named_in_the_posterior_and_the_convergence_table():
     samples = {"log_theta": rng.normal(size=(2, 50, 2)), "omega": rng.uniform(0.1, 0.3, (2, 50, 2)),
                "omega_bov": rng.uniform(0.2, 0.5, (2, 50, 1)), "sigma": rng.uniform(0.1, 0.3, (2, 50, 1))}
     fit = FitResult("nuts", free, samples, 1.0, bov=("crp_max",))
-    idata = to_inferencedata(fit, SimpleNamespace(analytes=("il6_pg_ml",), ids=[1, 2]))
+    idata = to_inferencedata(fit, SimpleNamespace(analytes=("il6_pg_ml",), ids=[1, 2], effects=fit.free))
     assert "omega_bov[crp_max]" in convergence_table(idata)["variable"].tolist()

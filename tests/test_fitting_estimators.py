@@ -84,7 +84,7 @@ def test_random_effect_correction_makes_the_laplace_objective_the_exact_marginal
     rng = np.random.default_rng(0)
     n, m, sigma, theta = 12, 5, 0.3, 1.0
     y = theta + 0.4 * rng.standard_normal((n, 1)) + sigma * rng.standard_normal((n, m))
-    prob = SimpleNamespace(obs_analyte=np.zeros((n, m), int))
+    prob = SimpleNamespace(obs_analyte=np.zeros((n, m), int), nuisance=())
     frozen = (jnp.ones((n, m, 1)), jnp.ones((n, m)), jnp.zeros((n, m)))
 
     def profile(omega, centred):

@@ -18,12 +18,15 @@ SIGMA = 0.2
 
 @pytest.mark.slow
 def test_forward_sensitivities_match_reverse_mode(default_config):
-    """The forward-mode custom VJP (used by NUTS/SVI) equals reverse mode; the structure-of-arrays solve equals vmap."""
+    """The forward-mode custom VJP (used by NUTS/SVI) equals reverse mode; the structure-of-arrays solve equals vmap.
+    With nuisance random effects (one on the serum cytokines, one on the neuronal severity only), every column
+    of the log factors, free and nuisance, gets its gradient."""
     data, _ = synthetic.simulate_dataset(default_config, 3, FREE, TRUTH, OMEGA, SIGMA, times=[0.5, 1, 2],
                                          analytes=["car_t", "crp", "il6"], seed=1)
-    problem = fm.build_problem(data, default_config, FREE, fm.GridSettings(substeps=1))
+    problem = fm.build_problem(data, default_config, FREE, fm.GridSettings(substeps=1),
+                               nuisance=("cytokine_sensitivity", "neuro_sensitivity"))
     rng = np.random.default_rng(0)
-    lf = jnp.asarray(rng.normal(0.0, 0.3, (problem.n, len(FREE))))
+    lf = jnp.asarray(rng.normal(0.0, 0.3, (problem.n, len(problem.effects))))
     w = jnp.asarray(rng.normal(size=problem.obs_logv.shape))
     v = {k: jnp.asarray(rng.normal(size=problem.n)) for k in fm.SEVERITY_SIGN}
 

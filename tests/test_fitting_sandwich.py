@@ -28,7 +28,7 @@ def linear_problem(n, rng, sigma_of_patient, b=0.4, omega=0.3):
     x = rng.uniform(0.5, 2.0, (n, M))
     z = rng.standard_normal(n)
     y = x * (b + omega * z)[:, None] + sigma_of_patient[:, None] * rng.standard_normal((n, M))
-    prob = SimpleNamespace(free=("slope",), analytes=("a",), log_ref=np.zeros(1), prior_sd=np.ones(1),
+    prob = SimpleNamespace(free=("slope",), nuisance=(), analytes=("a",), log_ref=np.zeros(1), prior_sd=np.ones(1),
                            omega_prior=0.5, sigma_prior=0.5, obs_analyte=np.zeros((n, M), int), obs_logv=y,
                            obs_mask=np.ones((n, M), bool), obs_cens=np.zeros((n, M), bool))
     return prob, x, y
@@ -59,7 +59,7 @@ def linear_objective(prob, x_cov):
 def _total_vg(v, J, x, y):
     """Value and gradient of the linear model's joint objective + correction (frozen J = x: exact)."""
     n = x.shape[0]
-    prob = SimpleNamespace(free=("slope",), analytes=("a",), log_ref=np.zeros(1), prior_sd=np.ones(1),
+    prob = SimpleNamespace(free=("slope",), nuisance=(), analytes=("a",), log_ref=np.zeros(1), prior_sd=np.ones(1),
                            omega_prior=0.5, sigma_prior=0.5, obs_analyte=np.zeros((n, M), int), obs_logv=y,
                            obs_mask=np.ones((n, M), bool), obs_cens=np.zeros((n, M), bool))
     layout = Layout({"log_theta": jnp.zeros(1), "omega": jnp.zeros(1), "sigma": jnp.zeros(1), "z": jnp.zeros((n, 1))})
@@ -120,7 +120,7 @@ def test_patient_scores_are_the_gradients_of_the_exact_marginal_likelihood():
 
 def _post(phi, x, y):
     """The exact -log posterior of (b, log omega, log sigma) under the model's priors."""
-    prob = SimpleNamespace(free=("slope",), analytes=("a",), log_ref=np.zeros(1), prior_sd=np.ones(1),
+    prob = SimpleNamespace(free=("slope",), nuisance=(), analytes=("a",), log_ref=np.zeros(1), prior_sd=np.ones(1),
                            omega_prior=0.5, sigma_prior=0.5)
     params = {"log_theta": phi[:1], "omega": phi[1:2], "sigma": phi[2:3]}
     return laplace.prior_potential(population_priors(prob, ModelOptions()), params) + jnp.sum(exact_terms(phi, x, y))

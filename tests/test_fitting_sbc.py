@@ -15,12 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_laplace_coverage_does_not_collapse_on_engine_data(tmp_path):
+def test_laplace_coverage_is_honest_on_engine_data(tmp_path):
     """12 replicates x 10 patients sampled at days 1, 2, 3, 5, 7, 10 (the design of the 50-replicate study in
-    docs/fitting.md, where this estimator covered 0.82-0.84): the integrated Laplace covers each typical value
-    in >= 8 of 12 (an honest 90 % interval does so with probability 0.996, one at the measured 0.82 with
-    probability 0.94; a biased or over-confident fit does not), and its intervals for car_prolif_max are
-    narrower than the joint mode's (which inflates the omegas). Each replicate is one design, so the Laplace
+    docs/fitting.md, where this estimator, with the config's variability integrated as nuisance random effects,
+    covered 0.90 and 0.92): the integrated Laplace covers each typical value in >= 9 of 12 (an honest 90 %
+    interval does so with probability 0.97; without the nuisance effects it covered 0.80-0.84 and 9-10 of these
+    12), the fitted omega of crp_max is near the 0.2 the data were given (median < 0.3; without the nuisance
+    effects the fit absorbs the engine's other variability into it: 0.37), and its intervals for car_prolif_max
+    are narrower than the joint mode's (which inflates the omegas). Each replicate is one design, so the Laplace
     program compiles once. At 6 patients the estimator is over-confident on engine data (crp_max covered 7
     and 8 of 12 on two model versions, intervals about 1.6 times too narrow for the errors): that design tests
     the asymptotics, not the code."""
@@ -37,7 +39,9 @@ def test_laplace_coverage_does_not_collapse_on_engine_data(tmp_path):
     assert (df["patients_with_doses"] > 0).any()  # the engine's management reached the data
     lap = df[df["method"] == "laplace"]
     cov = lap.groupby("parameter")["covered"].sum()
-    assert (cov >= 8).all(), cov
+    assert (cov >= 9).all(), cov
+    omega = lap.groupby("parameter")["omega_median"].median()
+    assert omega["crp_max"] < 0.3, omega
     width = df.groupby(["method", "parameter"])["width_log"].median()
     assert width["laplace", "car_prolif_max"] < 0.8 * width["laplace-joint", "car_prolif_max"], width
     assert "coverage" in r.stdout and "honest_range" in r.stdout

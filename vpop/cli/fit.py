@@ -80,6 +80,10 @@ def register(subparsers) -> None:
     parser.add_argument("--bov", default=None,
                         help="comma-separated free parameters with between-occasion variability (occasions: the OCC "
                              "column, else the courses opened by resets, EVID 3/4)")
+    parser.add_argument("--nuisance", default="config",
+                        help="nuisance random effects integrated with the config's fixed SDs: 'config' (every "
+                             "parameter the config's population.variability names that is not free), 'none', or "
+                             "comma-separated names (docs/fitting.md, 'Nuisance random effects')")
     parser.add_argument("--error", choices=("log", "combined"), default="log",
                         help="residual error: log-normal, or combined additive + proportional")
     parser.add_argument("--npde-sims", type=int, default=100, help="simulated replicates for the NPDE")
@@ -141,9 +145,12 @@ def _run(args: argparse.Namespace) -> int:
     problem = options = ident = None
     if args.data is not None:
         data = read_patient_data(args.data, args.covariates)
-        problem = fm.build_problem(data, config, free, settings, use_grades=not args.no_grades)
+        nuisance = args.nuisance if args.nuisance in fm.NUISANCE_CHOICES else \
+            tuple(s.strip() for s in args.nuisance.split(","))
+        problem = fm.build_problem(data, config, free, settings, use_grades=not args.no_grades, nuisance=nuisance)
         _say(args, f"{data.n} patients, {data.n_observations()} observations ({data.n_censored()} below LLOQ), "
-                   f"analytes {', '.join(data.analytes)}; free: {', '.join(free)}")
+                   f"analytes {', '.join(data.analytes)}; free: {', '.join(free)}"
+                   + (f"; nuisance random effects: {', '.join(problem.nuisance)}" if problem.nuisance else ""))
         names, x = (), None
         if args.covariate_effects:
             names, x = sm.covariate_design(data, config, [c.strip() for c in args.covariate_effects.split(",")])
@@ -322,7 +329,7 @@ def prediction_table(problem, fit, n_draws: int = 50, seed: int = 0, options=Non
     ob = flat("omega_bov") if "omega_bov" in fit.samples else None
     for _ in range(n_sims):
         i = int(rng.integers(len(lt)))
-        znew = rng.standard_normal((problem.n, F))
+        znew = rng.standard_normal((problem.n, len(problem.effects)))  # new patients: free and nuisance effects
         if ob is not None:  # new subjects and occasions: the subject's z shared by its courses, plus BOV
             from vpop.fitting.statistical_model import bov_effects
 

@@ -78,10 +78,11 @@ def convergence_table(idata, var_names=("log_theta", "omega", "omega_bov", "sigm
 def shrinkage(samples: dict, free) -> pd.DataFrame:
     """Eta shrinkage per free parameter from posterior draws of z (or eta) and omega."""
     om = np.asarray(samples["omega"]).reshape(-1, len(free))
+    F = len(free)  # nuisance columns (after the free ones) have fixed SDs: no shrinkage to report
     if "eta" in samples:
-        eta = np.asarray(samples["eta"]).reshape(-1, *np.shape(samples["eta"])[-2:])
+        eta = np.asarray(samples["eta"]).reshape(-1, *np.shape(samples["eta"])[-2:])[..., :F]
     else:
-        z = np.asarray(samples["z"]).reshape(-1, *np.shape(samples["z"])[-2:])
+        z = np.asarray(samples["z"]).reshape(-1, *np.shape(samples["z"])[-2:])[..., :F]
         eta = z * om[:, None, :]
     mean_eta = eta.mean(axis=0)  # (n, F) posterior mean per patient
     omega = np.median(om, axis=0)

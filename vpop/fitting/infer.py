@@ -93,8 +93,8 @@ def init_values(problem, cohort, options=None):
         F = len(free)
         init["omega"] = 0.3 * jnp.ones(F)
         init["sigma"] = 0.3 * jnp.ones(max(1, len(problem.analytes)))
-        init["z"] = jnp.zeros((problem.n, F))
-        init["eta"] = jnp.zeros((problem.n, F))
+        init["z"] = jnp.zeros((problem.n, len(problem.effects)))  # free parameters' and nuisance random effects
+        init["eta"] = jnp.zeros((problem.n, len(problem.effects)))
         if options is not None:
             if options.omega == "full":
                 init["L_corr"] = jnp.eye(F)
@@ -274,7 +274,8 @@ def run_nuts(problem: FitProblem | None, cohort=None, chains: int = 4, warmup: i
     free = problem.free if problem is not None else cohort.free
     meta = {"chains": chains, "warmup": warmup, "free": list(free), "n": problem.n if problem is not None else 0,
             "parameterisation": parameterisation, "dense_mass": dense_mass, "max_tree_depth": max_tree_depth,
-            "target_accept": target_accept, "seed": seed, "init": init, "adapt_mass": adapt_mass}
+            "target_accept": target_accept, "seed": seed, "init": init, "adapt_mass": adapt_mass,
+            "nuisance": list(problem.nuisance) if problem is not None else []}  # the random effects' columns
     u = Unconstrained(model, args, kwargs, start, seed)
     t0 = time.perf_counter()
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
@@ -406,8 +407,9 @@ def to_inferencedata(fit: FitResult, problem: FitProblem | None, diverging=None,
     if problem is not None:
         coords["analyte"] = list(problem.analytes) or ["none"]
         coords["patient"] = [str(i) for i in problem.ids]
-        dims.update({"sigma": ["analyte"], "sigma_add": ["analyte"], "z": ["patient", "param"],
-                     "eta": ["patient", "param"]})
+        coords["effect"] = list(problem.effects)  # the free parameters, then the nuisance ones
+        dims.update({"sigma": ["analyte"], "sigma_add": ["analyte"], "z": ["patient", "effect"],
+                     "eta": ["patient", "effect"]})
         if "cov_beta" in fit.samples and fit.covariates:
             coords["covariate"] = list(fit.covariates)
             dims["cov_beta"] = ["covariate", "param"]
@@ -553,7 +555,7 @@ def run_fullrank(problem, steps: int = 1000, lr: float = 0.02, draws: int = 1000
     seconds = time.perf_counter() - t0
     eps = jax.random.normal(jax.random.PRNGKey(seed + 1), (draws, D), dtype=m.dtype)
     xs = m[None] + eps @ L.T
-    samples = derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(xs))
+    samples = derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(xs), nuisance_chol=problem.nuisance_chol)
     samples = {k: np.asarray(v)[None] for k, v in samples.items() if keep_sites(k)}
     diag = {"method": "svi", "guide": "mvn", "steps": steps, "final_loss": float(np.mean(losses[-50:])),
             "finite": bool(np.all(np.isfinite(losses[-50:]))), "warnings": svi_warnings(losses, steps, "mvn")}

@@ -40,7 +40,7 @@ from vpop.errors import UserError
 
 from vpop.fitting.infer import FitResult, init_values, keep_sites, model_and_args, to_inferencedata
 from vpop.fitting.small_matrices import spd_logdet, triangular_logabsdet
-from vpop.fitting.statistical_model import derived_sites
+from vpop.fitting.statistical_model import derived_sites, random_effect_scale
 from vpop.fitting.traced import POSITIVE_SITES, fast_path, fast_sites
 from vpop.fitting.unconstrained import Unconstrained
 
@@ -187,7 +187,7 @@ def log_factors_of(problem, sites, covariate_x=None, options=None):
 def frozen_information(problem, sites, covariate_x=None, options=None):
     """(J, data weights, log predictions) of the correction, at the sites' values (`correction_value`).
 
-    J (n, m, F) = d log pred / d log factor from one JVP per free parameter, all patients at once; the data
+    J (n, m, E) = d log pred / d log factor from one JVP per random effect (free and nuisance), all patients at once; the data
     weight of an observation is 1 when quantified and lambda (lambda + u) when censored (the curvature of the
     M3 term log Phi(u)), times pred^2 for the combined error (its Jacobian is on the natural scale)."""
     from vpop.fitting.model import predictions
@@ -226,7 +226,7 @@ def correction_value(problem, sites, frozen, centred: bool):
 
 
 def information(problem, sites, frozen):
-    """G_i = sum_j w_ij J_ij J_ij' (n, F, F): each course's information about its log factors (frozen J)."""
+    """G_i = sum_j w_ij J_ij J_ij' (n, E, E): each course's information about its log factors (frozen J)."""
     J, c, mu = frozen
     a = jnp.asarray(problem.obs_analyte)
     if "sigma_add" in sites:
@@ -241,7 +241,7 @@ def correction_terms(problem, sites, frozen, centred: bool):
     J = frozen[0]
     G = information(problem, sites, frozen)
     F = J.shape[-1]
-    A = jnp.diag(sites["omega"]) if sites.get("L_corr") is None else sites["omega"][:, None] * sites["L_corr"]
+    A = random_effect_scale(problem, sites["omega"], sites.get("L_corr"))  # (F, F): free and nuisance effects
     M = jnp.eye(F) + jnp.einsum("fg,nfh,hk->ngk", A, G, A)
     out = 0.5 * spd_logdet(M)  # M = I + A'GA is positive definite; no batched LAPACK (small_matrices)
     if centred:
@@ -306,7 +306,10 @@ def patient_terms(problem, sites, frozen, lf_star, centred: bool, covariate_x=No
     out = -jnp.sum(jnp.where(mask, ll, 0.0), axis=-1)
     if centred:
         L = sites.get("L_corr")
-        if L is None:
+        if problem.nuisance:
+            re = dist.MultivariateNormal(jnp.zeros(len(problem.effects)),
+                                         scale_tril=random_effect_scale(problem, sites["omega"]))
+        elif L is None:
             re = dist.Normal(jnp.zeros_like(sites["omega"]), sites["omega"]).to_event(1)
         else:
             re = dist.MultivariateNormal(jnp.zeros_like(sites["omega"]), scale_tril=sites["omega"][:, None] * L)
@@ -431,7 +434,8 @@ def objective(problem, cohort, options, parameterisation: str, integrate: bool, 
             return _frozen_traced(tp, fast_sites(tp, layout.unravel(jnp.asarray(x))))
 
         def constrain(xs):
-            return derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)))
+            return derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(jnp.asarray(xs)),
+                                 nuisance_chol=problem.nuisance_chol)
 
         return Objective(space, vg, freeze, constrain, layout.unravel,
                          lambda x: fast_sites(problem, layout.unravel(x)), priors, fast=(tp, layout))

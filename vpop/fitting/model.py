@@ -49,7 +49,7 @@ from vpop.errors import UserError
 from vpop.fitting.data import DOSE_KINDS, PatientData
 from vpop.model.parameters import TABLE
 from vpop.policy.settings import PRESETS
-from vpop.population.sampler import COVARIATES, PopulationSampler
+from vpop.population.sampler import COVARIATES, PopulationSampler, correlation_matrix
 
 DEFAULT_FREE = ("car_prolif_max", "il6_per_myeloid", "crp_max")
 GRADE_CATEGORIES = 5  # grades 0-4 (5 counted as 4)
@@ -119,10 +119,19 @@ class FitProblem:
     ids: list = field(default_factory=list)
     omega_prior: float = 0.5
     sigma_prior: float = 0.5
+    # Nuisance random effects: the config's between-patient variability on parameters that are not fitted,
+    # integrated with its SDs (and correlations) held at the config's (`nuisance_effects`).
+    nuisance: tuple[str, ...] = ()
+    nuisance_chol: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (K, K) lower Cholesky of their covariance
 
     @property
     def n(self) -> int:
         return self.doses.shape[0]
+
+    @property
+    def effects(self) -> tuple[str, ...]:
+        """The names the random effects act on, in column order: the free parameters, then the nuisance ones."""
+        return tuple(self.free) + tuple(self.nuisance)
 
     @property
     def typical(self) -> dict:
@@ -155,10 +164,53 @@ def base_parameters(config, covariates: list[dict]) -> dict:
     return {k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
 
 
+NUISANCE_CHOICES = ("config", "none")
+
+
+def nuisance_effects(config, free, choice="none") -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, Cholesky factor) of the nuisance random effects of a fit.
+
+    `choice`: "none"; "config", every parameter the config gives between-patient variability
+    (`population.variability`) that is not fitted; or a sequence of such names. Their SDs and
+    correlations are the config's and stay fixed: a fit of a few typical values on data from patients
+    whose other sensitivities vary as the population says (the engine's patients) then runs a model of
+    those data, and its intervals widen by what that variability leaves unexplained (docs/fitting.md,
+    "Nuisance random effects").
+    """
+    spec = config.population
+    configured = tuple(spec.omega)
+    if isinstance(choice, str):
+        if choice == "none":
+            return (), np.zeros((0, 0))
+        if choice != "config":
+            raise UserError(f"--nuisance {choice!r}: use 'config', 'none' or comma-separated parameter names")
+        names = tuple(n for n in configured if n not in free)
+    else:
+        names = tuple(choice)
+        bad = [n for n in names if n not in configured]
+        if bad:
+            raise UserError(f"--nuisance {bad[0]!r}: the config gives it no between-patient variability; "
+                            f"allowed: {', '.join(configured) or '(none configured)'}")
+        clash = [n for n in names if n in free]
+        if clash:
+            raise UserError(f"--nuisance {clash[0]!r}: it is a free parameter, whose random effect is estimated")
+        if len(set(names)) != len(names):
+            raise UserError(f"--nuisance {','.join(names)}: a name is repeated")
+    if not names:
+        return (), np.zeros((0, 0))
+    R = correlation_matrix(configured, spec.omega_correlations)
+    idx = [configured.index(n) for n in names]
+    sd = np.array([spec.omega[n] for n in names], float)
+    cov = sd[:, None] * R[np.ix_(idx, idx)] * sd[None, :]
+    return names, np.linalg.cholesky(cov)
+
+
 def build_problem(data: PatientData, config, free=DEFAULT_FREE, settings: GridSettings = GridSettings(),
-                  days: float | None = None, omega_prior: float = 0.5, use_grades: bool = True) -> FitProblem:
-    """Arrays of the fitting model from patient data and a config."""
+                  days: float | None = None, omega_prior: float = 0.5, use_grades: bool = True,
+                  nuisance="none") -> FitProblem:
+    """Arrays of the fitting model from patient data and a config (`nuisance`: `nuisance_effects`)."""
     free = check_free(free)
+    nuisance_names, nuisance_chol = nuisance_effects(config, free, nuisance)
     if data.n == 0:
         raise UserError(f"{data.source}: no patients")
     base = base_parameters(config, data.covariates)
@@ -197,7 +249,8 @@ def build_problem(data: PatientData, config, free=DEFAULT_FREE, settings: GridSe
                 grades[kind] = np.minimum(g, GRADE_CATEGORIES - 1).astype(np.int32)
     return FitProblem(free, data.analytes, settings, n_grid, log_ref,
                       np.array([prior_scale(f) for f in free]), base, doses, obs_k, obs_w, obs_a, obs_v, obs_c,
-                      obs_mask, grades, list(data.ids), omega_prior)
+                      obs_mask, grades, list(data.ids), omega_prior, nuisance=nuisance_names,
+                      nuisance_chol=nuisance_chol)
 
 
 # --- the course ---------------------------------------------------------------------------
@@ -277,6 +330,14 @@ def shared_as_scalars(base: dict) -> dict:
     return out
 
 
+def full_log_factors(problem: FitProblem, log_factors):
+    """Log factors over `problem.effects`: given on the free parameters alone, the nuisance ones are 0 (typical)."""
+    K = len(problem.nuisance)
+    if K and log_factors.shape[-1] == len(problem.free):
+        return jnp.concatenate([log_factors, jnp.zeros(log_factors.shape[:-1] + (K,), log_factors.dtype)], axis=-1)
+    return log_factors
+
+
 def predictions(problem: FitProblem, log_factors, layout: str = "soa"):
     """Log predictions at the observations (n, m), severities {crs, icans: (n,)} and log trajectories (n, G, A).
 
@@ -286,12 +347,13 @@ def predictions(problem: FitProblem, log_factors, layout: str = "soa"):
     same values). On the CPU the first is faster (docs/fitting.md, "The fitting solve").
     """
     settings = course_settings(problem.settings, problem.n_grid, problem.analytes)
+    log_factors = full_log_factors(problem, log_factors)
     if layout == "soa":
         base = shared_as_scalars(problem.base)
     else:
         base = {k: jnp.asarray(v) for k, v in problem.base.items()}
-    p = jax.vmap(lambda b, lf: individual(b, problem.free, lf))(base, log_factors) if layout == "vmap" else \
-        individual(base, problem.free, jnp.moveaxis(log_factors, -1, 0))
+    p = jax.vmap(lambda b, lf: individual(b, problem.effects, lf))(base, log_factors) if layout == "vmap" else \
+        individual(base, problem.effects, jnp.moveaxis(log_factors, -1, 0))
     rows, summary = run_course(p, problem.doses, settings, layout=layout)
     traj = jnp.stack([rows[a] for a in problem.analytes], axis=-1)  # (n, n_grid + 1, A)
     log_traj = jnp.log(jnp.maximum(traj, 1e-12))

@@ -89,9 +89,13 @@ class ModelOptions:
                 raise UserError("--bov: the occasion design does not match the patients")
             if self.omega == "full":
                 raise UserError("--bov with --omega full: not supported; use --omega diag")
+            if problem.nuisance:
+                raise UserError("--bov with nuisance random effects: not supported; use --nuisance none")
             if self.n_occasions == self.n_subjects:
                 raise UserError("--bov: every subject has one occasion, so between-occasion variability cannot be "
                                 "told from between-subject variability; occasions come from resets (EVID 3/4) or OCC")
+        if self.omega == "full" and problem.nuisance:
+            raise UserError("--omega full with nuisance random effects: not supported; use --nuisance none or --omega diag")
         return self
 
 
@@ -151,16 +155,43 @@ def bov_effects(opt: ModelOptions, omega, omega_bov, z_subject, z_occasion):
     return z + kappa / omega[..., None, :]
 
 
+def random_effect_scale(problem, omega, L=None):
+    """A (E, E) lower triangular with eta_i = A z_i, z_i ~ N(0, I): diag(omega) (or diag(omega) L) on the free
+    parameters, the config's fixed Cholesky factor on the nuisance ones (`FitProblem.nuisance`)."""
+    A = jnp.diag(omega) if L is None else omega[:, None] * L
+    K = len(problem.nuisance)
+    if not K:
+        return A
+    F = A.shape[-1]
+    top = jnp.concatenate([A, jnp.zeros((F, K), A.dtype)], axis=-1)
+    bottom = jnp.concatenate([jnp.zeros((K, F), A.dtype), jnp.asarray(problem.nuisance_chol, A.dtype)], axis=-1)
+    return jnp.concatenate([top, bottom], axis=-2)
+
+
+def nuisance_z(eta_nuisance, chol):
+    """The standard normals of nuisance random effects eta (..., K): solve chol z = eta (chol is a constant)."""
+    inv = np.linalg.inv(np.asarray(chol, float))
+    return eta_nuisance @ jnp.asarray(inv.T, eta_nuisance.dtype)
+
+
 def individual_log_factors(problem, log_theta, omega, z, L_corr=None, cov_beta=None, x=None, eta=None):
-    """log theta_i - log theta_ref of every patient (n, F) from the population parameters and z ~ N(0, I)
-    (or the random effects `eta` themselves, centred form; with BOV, z from `bov_effects`)."""
+    """log theta_i - log theta_ref of every patient over `problem.effects` (n, E) from the population parameters
+    and z ~ N(0, I) (or the random effects `eta` themselves, centred form; with BOV, z from `bov_effects`).
+    The nuisance columns have no typical-value shift or covariate effect: they are the config's variability."""
+    F, K = len(problem.free), len(problem.nuisance)
     shift = log_theta - jnp.asarray(problem.log_ref)
     if eta is None:
-        eta = omega * (z if L_corr is None else z @ jnp.swapaxes(L_corr, -1, -2))
-    out = shift + eta
+        zf = z[..., :F]
+        eta = omega * (zf if L_corr is None else zf @ jnp.swapaxes(L_corr, -1, -2))
+        if K:
+            eta = jnp.concatenate([eta, z[..., F:] @ jnp.asarray(problem.nuisance_chol, z.dtype).T], axis=-1)
+    fixed = shift
     if cov_beta is not None and x is not None and x.shape[-1]:
-        out = out + jnp.asarray(x) @ cov_beta
-    return out
+        fixed = fixed + jnp.asarray(x) @ cov_beta
+    if K:
+        fixed = jnp.concatenate([jnp.broadcast_to(fixed, eta.shape[:-1] + (F,)),
+                                 jnp.zeros(eta.shape[:-1] + (K,), eta.dtype)], axis=-1)
+    return fixed + eta
 
 
 def population_priors(problem: FitProblem, opt: ModelOptions) -> dict:
@@ -201,7 +232,7 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
     if parameterisation not in PARAMETERISATIONS:
         raise UserError(f"parameterisation {parameterisation!r}: use one of {', '.join(PARAMETERISATIONS)}")
     opt = options or ModelOptions()
-    F = len(problem.free)
+    F, E = len(problem.free), len(problem.effects)
     priors = population_priors(problem, opt)
     log_theta = numpyro.sample("log_theta", priors["log_theta"])
     omega = numpyro.sample("omega", priors["omega"])
@@ -217,7 +248,11 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         raise UserError("--bov: only with the non-centred parameterisation (--parameterisation noncentred)")
     if parameterisation == "centred":
         with numpyro.plate("patients", problem.n):
-            if L is None:
+            if problem.nuisance:  # the free parameters' eta and the nuisance ones' (fixed covariance) together
+                eta = numpyro.sample("eta", dist.MultivariateNormal(jnp.zeros(E),
+                                                                    scale_tril=random_effect_scale(problem, omega)))
+                z = jnp.concatenate([eta[:, :F] / omega, nuisance_z(eta[:, F:], problem.nuisance_chol)], axis=-1)
+            elif L is None:
                 eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
                 z = eta / omega
             else:
@@ -235,7 +270,7 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x)
     else:
         with numpyro.plate("patients", problem.n):
-            z = numpyro.sample("z", dist.Normal(jnp.zeros(F), 1.0).to_event(1))
+            z = numpyro.sample("z", dist.Normal(jnp.zeros(E), 1.0).to_event(1))
         log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x)
     numpyro.deterministic("theta", jnp.exp(log_theta))
     if problem.settings.derivatives == "forward":
@@ -279,11 +314,12 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         cohort.add_likelihood(log_theta, jnp.asarray(problem.log_ref), problem.free)
 
 
-def derived_sites(samples: dict, options: ModelOptions | None = None) -> dict:
+def derived_sites(samples: dict, options: ModelOptions | None = None, nuisance_chol=None) -> dict:
     """Add the model's deterministic sites (theta, z of the centred form or of BOV, corr) to draws of its latent
     sites.
 
     Works on any leading draw axes; used where draws come from the unconstrained space (Laplace, NUTS).
+    `nuisance_chol`: the problem's (`FitProblem.nuisance_chol`), for the z of centred nuisance effects.
     """
     out = dict(samples)
     if "z_subject" in out and options is not None and options.bov:
@@ -294,7 +330,11 @@ def derived_sites(samples: dict, options: ModelOptions | None = None) -> dict:
     if L is not None:
         out["corr"] = L @ jnp.swapaxes(L, -1, -2)
     if "eta" in out and "omega" in out:
-        scaled = out["eta"] / out["omega"][..., None, :]
+        F = out["omega"].shape[-1]
+        scaled = out["eta"][..., :F] / out["omega"][..., None, :]
+        if out["eta"].shape[-1] > F:  # nuisance columns (diagonal omega only)
+            out["z"] = jnp.concatenate([scaled, nuisance_z(out["eta"][..., F:], nuisance_chol)], axis=-1)
+            return out
         if L is None:
             out["z"] = scaled
         else:

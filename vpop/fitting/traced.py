@@ -37,19 +37,20 @@ def _flatten(p: TracedProblem):
     leaves = ([getattr(p, f) for f in ARRAY_FIELDS], varying, dict(p.grades))
     aux = (p.free, p.analytes, p.settings, p.n_grid, tuple(np.asarray(p.log_ref).tolist()),
            tuple(np.asarray(p.prior_sd).tolist()), const, tuple(map(str, p.ids)), p.omega_prior, p.sigma_prior,
-           int(np.shape(p.doses)[0]))
+           int(np.shape(p.doses)[0]), tuple(p.nuisance), tuple(map(tuple, np.asarray(p.nuisance_chol).tolist())))
     return leaves, aux
 
 
 def _unflatten(aux, leaves):
-    free, analytes, settings, n_grid, log_ref, prior_sd, const, ids, omega_prior, sigma_prior, n = aux
+    free, analytes, settings, n_grid, log_ref, prior_sd, const, ids, omega_prior, sigma_prior, n, nuisance, chol = aux
     arrays, varying, grades = leaves
     base = {k: np.full(n, v) for k, v in const}
     base.update(varying)
     kw = dict(zip(ARRAY_FIELDS, arrays))
     return TracedProblem(free=free, analytes=analytes, settings=settings, n_grid=n_grid, log_ref=np.asarray(log_ref),
                          prior_sd=np.asarray(prior_sd), base=base, grades=grades, ids=list(ids),
-                         omega_prior=omega_prior, sigma_prior=sigma_prior, **kw)
+                         omega_prior=omega_prior, sigma_prior=sigma_prior, nuisance=nuisance,
+                         nuisance_chol=np.asarray(chol, float).reshape(len(nuisance), len(nuisance)), **kw)
 
 
 jax.tree_util.register_pytree_node(TracedProblem, _flatten, _unflatten)

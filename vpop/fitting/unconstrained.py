@@ -30,6 +30,8 @@ class Unconstrained:
         self.transforms = {k: biject_to(trace[k]["fn"].support) for k in self.tree0}
         self.sizes = {k: int(jnp.size(v)) for k, v in self.tree0.items()}
         self.options = kwargs.get("options")  # the derived sites of BOV need its occasion design
+        problem = args[0] if args else None  # the centred nuisance effects' z need their fixed Cholesky factor
+        self.nuisance_chol = getattr(problem, "nuisance_chol", None)
 
     @property
     def dim(self) -> int:
@@ -52,4 +54,4 @@ class Unconstrained:
     def constrain(self, xs) -> dict:
         """(draws, D) unconstrained -> constrained sites and the derived ones (theta, z, corr)."""
         out = jax.jit(jax.vmap(lambda x: self.constrain_tree(self.unravel(x))))(jnp.asarray(xs))
-        return derived_sites(out, self.options)
+        return derived_sites(out, self.options, self.nuisance_chol)

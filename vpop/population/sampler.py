@@ -78,7 +78,7 @@ class PopulationSpec:
     product_parameters: dict[str, float] = field(default_factory=dict)
 
 
-def _correlation_matrix(names, pairs):
+def correlation_matrix(names, pairs):
     n = len(names)
     c = np.eye(n)
     index = {name: i for i, name in enumerate(names)}
@@ -90,7 +90,7 @@ def _correlation_matrix(names, pairs):
 def cholesky_or_raise(names, pairs, what):
     from vpop.errors import ConfigError
 
-    c = _correlation_matrix(names, pairs)
+    c = correlation_matrix(names, pairs)
     try:
         return np.linalg.cholesky(c)
     except np.linalg.LinAlgError:
