@@ -127,6 +127,13 @@ def test_a_nuisance_column_moves_the_course_as_the_parameter_itself_does(default
     typical = np.asarray(jax.jit(lambda v: fm.predictions(prob, v)[0])(jnp.zeros((n, 1))))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert np.max(np.abs(got - typical)) > 0.05
+    # 'config' keeps exactly the nuisance effects whose column of the course's Jacobian is not zero
+    every = fm.build_problem(data, default_config, ("crp_max",), settings, days=3.0,
+                             nuisance=tuple(default_config.population.omega))
+    J = np.asarray(jax.jit(jax.jacfwd(lambda v: fm.predictions(every, v)[0]))(jnp.zeros((n, len(every.effects)))))
+    moved = [name for k, name in enumerate(every.nuisance) if np.any(J[..., 1 + k] != 0)]
+    auto = fm.build_problem(data, default_config, ("crp_max",), settings, days=3.0, nuisance="config")
+    assert list(auto.nuisance) == moved and "neuro_sensitivity" not in moved and len(moved) >= 3
 
 
 def test_cli_refuses_a_nuisance_name_without_configured_variability(tmp_path, capsys):
@@ -140,3 +147,19 @@ def test_cli_refuses_a_nuisance_name_without_configured_variability(tmp_path, ca
     err = capsys.readouterr().err
     assert "--nuisance 'crp_max'" in err and "cytokine_sensitivity" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_reach_follows_the_equations_from_a_parameter_to_the_read_outs(default_config):
+    """Serum IL-6 and CRP are moved by CAR-T expansion and the cytokine and myeloid sensitivities, not by the
+    neuronal one (the brain does not feed back to the serum in this model); NfL, at the end of the chain, by all
+    of them; the CAR-T count by its own proliferation factor."""
+    from vpop.fitting.reach import reaching
+
+    p = {k: float(v[0]) for k, v in fm.base_parameters(default_config, [{}]).items()}
+    names = tuple(default_config.population.omega)
+    serum = reaching(names, ("il6_pg_ml", "crp_mg_l"), p)
+    assert {"car_prolif_factor", "cytokine_sensitivity", "myeloid_sensitivity"} <= set(serum)
+    assert "neuro_sensitivity" not in serum and "bbb_sensitivity" not in serum
+    assert reaching(names, ("nfl_pg_ml",), p) == names
+    assert "car_prolif_factor" in reaching(names, ("car_t_cells_per_ul",), p)
+    assert reaching((), ("il6_pg_ml",), p) == ()

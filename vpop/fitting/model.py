@@ -167,11 +167,12 @@ def base_parameters(config, covariates: list[dict]) -> dict:
 NUISANCE_CHOICES = ("config", "none")
 
 
-def nuisance_effects(config, free, choice="none") -> tuple[tuple[str, ...], np.ndarray]:
+def nuisance_effects(config, free, choice="none", reach=None) -> tuple[tuple[str, ...], np.ndarray]:
     """(names, Cholesky factor) of the nuisance random effects of a fit.
 
     `choice`: "none"; "config", every parameter the config gives between-patient variability
-    (`population.variability`) that is not fitted; or a sequence of such names. Their SDs and
+    (`population.variability`) that is not fitted, less those `reach(names)` drops (in `build_problem`:
+    those that cannot move the data's analytes, `vpop.fitting.reach`); or a sequence of such names. Their SDs and
     correlations are the config's and stay fixed: a fit of a few typical values on data from patients
     whose other sensitivities vary as the population says (the engine's patients) then runs a model of
     those data, and its intervals widen by what that variability leaves unexplained (docs/fitting.md,
@@ -185,6 +186,8 @@ def nuisance_effects(config, free, choice="none") -> tuple[tuple[str, ...], np.n
         if choice != "config":
             raise UserError(f"--nuisance {choice!r}: use 'config', 'none' or comma-separated parameter names")
         names = tuple(n for n in configured if n not in free)
+        if reach is not None:
+            names = tuple(reach(names))
     else:
         names = tuple(choice)
         bad = [n for n in names if n not in configured]
@@ -208,12 +211,21 @@ def nuisance_effects(config, free, choice="none") -> tuple[tuple[str, ...], np.n
 def build_problem(data: PatientData, config, free=DEFAULT_FREE, settings: GridSettings = GridSettings(),
                   days: float | None = None, omega_prior: float = 0.5, use_grades: bool = True,
                   nuisance="none") -> FitProblem:
-    """Arrays of the fitting model from patient data and a config (`nuisance`: `nuisance_effects`)."""
+    """Arrays of the fitting model from patient data and a config (`nuisance`: `nuisance_effects`; with
+    "config" and no observed grades, only the parameters that can move the data's analytes)."""
     free = check_free(free)
-    nuisance_names, nuisance_chol = nuisance_effects(config, free, nuisance)
+    nuisance_effects(config, free, nuisance, reach=lambda names: names)  # a wrong choice fails before any work
     if data.n == 0:
         raise UserError(f"{data.source}: no patients")
     base = base_parameters(config, data.covariates)
+    graded = use_grades and any(np.any(np.asarray(g) >= 0) for g in data.grades.values())
+    reach = None
+    if not graded:  # the grades read the whole course; time courses only their analytes
+        from vpop.fitting.reach import reaching
+
+        first = {k: float(v[0]) for k, v in base.items()}
+        reach = lambda names: reaching(names, data.analytes, first)  # noqa: E731
+    nuisance_names, nuisance_chol = nuisance_effects(config, free, nuisance, reach)
     typical = dict(PopulationSampler(config.population, config.parameters).typical)
     log_ref = np.log([reference_value(f, typical) for f in free])
     dt = settings.dt
