@@ -62,7 +62,7 @@ def test_laplace_correction_terms_with_a_correlation_match_lapack(centred):
     J = rng.normal(size=(n, m, F))
     c = rng.uniform(0.5, 1.0, size=(n, m))
     mu = rng.normal(size=(n, m))
-    problem = SimpleNamespace(obs_analyte=rng.integers(0, 2, size=(n, m)))
+    problem = SimpleNamespace(obs_analyte=rng.integers(0, 2, size=(n, m)), nuisance=())
     sigma = np.array([0.3, 0.5])
     L = np.linalg.cholesky(np.array([[1.0, 0.5, 0.2], [0.5, 1.0, -0.3], [0.2, -0.3, 1.0]]))
     omega = np.array([0.2, 0.4, 0.3])
