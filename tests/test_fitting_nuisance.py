@@ -62,6 +62,23 @@ def test_log_factors_put_the_fixed_covariance_on_the_nuisance_columns():
     np.testing.assert_allclose(back, z, rtol=1e-10, atol=1e-12)
 
 
+def test_a_full_omega_correlates_the_free_columns_and_leaves_the_nuisance_block_fixed():
+    """--omega full with nuisance effects: eta = A z with A = blockdiag(diag(omega) L, chol), the same from the
+    log factors, the Laplace scale and (back to z) the derived sites."""
+    chol = np.array([[0.25]])
+    prob = SimpleNamespace(free=("a", "b"), nuisance=("c",), nuisance_chol=chol, log_ref=np.zeros(2),
+                           effects=("a", "b", "c"))
+    omega = jnp.array([0.3, 0.5])
+    L = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    z = jnp.asarray(np.random.default_rng(2).standard_normal((5, 3)))
+    A = sm.random_effect_scale(prob, omega, L)
+    np.testing.assert_allclose(A, [[0.3, 0, 0], [0.3, 0.4, 0], [0, 0, 0.25]], rtol=1e-12)
+    lf = sm.individual_log_factors(prob, jnp.zeros(2), omega, z, L)
+    np.testing.assert_allclose(lf, z @ A.T, rtol=1e-12, atol=1e-14)
+    back = sm.derived_sites({"eta": (z @ A.T)[None], "omega": omega[None], "L_corr": L[None]}, nuisance_chol=chol)
+    np.testing.assert_allclose(back["z"][0], z, rtol=1e-10, atol=1e-12)
+
+
 def test_correction_with_nuisance_makes_the_laplace_objective_the_exact_marginal_of_a_linear_model():
     """y_ij = theta + omega z_i J_1j + c u_i J_2j + e_ij with c a fixed nuisance SD: the minimum over the random
     effects of (joint potential + `correction_value`) equals the exact marginal -log p(y | omega) up to a constant

@@ -308,7 +308,7 @@ def patient_terms(problem, sites, frozen, lf_star, centred: bool, covariate_x=No
         L = sites.get("L_corr")
         if problem.nuisance:
             re = dist.MultivariateNormal(jnp.zeros(len(problem.effects)),
-                                         scale_tril=random_effect_scale(problem, sites["omega"]))
+                                         scale_tril=random_effect_scale(problem, sites["omega"], L))
         elif L is None:
             re = dist.Normal(jnp.zeros_like(sites["omega"]), sites["omega"]).to_event(1)
         else:

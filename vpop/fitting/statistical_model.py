@@ -94,8 +94,6 @@ class ModelOptions:
             if self.n_occasions == self.n_subjects:
                 raise UserError("--bov: every subject has one occasion, so between-occasion variability cannot be "
                                 "told from between-subject variability; occasions come from resets (EVID 3/4) or OCC")
-        if self.omega == "full" and problem.nuisance:
-            raise UserError("--omega full with nuisance random effects: not supported; use --nuisance none or --omega diag")
         return self
 
 
@@ -250,8 +248,9 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         with numpyro.plate("patients", problem.n):
             if problem.nuisance:  # the free parameters' eta and the nuisance ones' (fixed covariance) together
                 eta = numpyro.sample("eta", dist.MultivariateNormal(jnp.zeros(E),
-                                                                    scale_tril=random_effect_scale(problem, omega)))
-                z = jnp.concatenate([eta[:, :F] / omega, nuisance_z(eta[:, F:], problem.nuisance_chol)], axis=-1)
+                                                                    scale_tril=random_effect_scale(problem, omega, L)))
+                zf = eta[:, :F] / omega if L is None else solve_lower(L, (eta[:, :F] / omega).T).T
+                z = jnp.concatenate([zf, nuisance_z(eta[:, F:], problem.nuisance_chol)], axis=-1)
             elif L is None:
                 eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
                 z = eta / omega
@@ -332,12 +331,10 @@ def derived_sites(samples: dict, options: ModelOptions | None = None, nuisance_c
     if "eta" in out and "omega" in out:
         F = out["omega"].shape[-1]
         scaled = out["eta"][..., :F] / out["omega"][..., None, :]
-        if out["eta"].shape[-1] > F:  # nuisance columns (diagonal omega only)
-            out["z"] = jnp.concatenate([scaled, nuisance_z(out["eta"][..., F:], nuisance_chol)], axis=-1)
-            return out
-        if L is None:
-            out["z"] = scaled
-        else:
+        if L is not None:
             # one triangular solve per draw: forward substitution, not jaxlib's batched LAPACK (small_matrices)
-            out["z"] = jnp.swapaxes(solve_lower(L, jnp.swapaxes(scaled, -1, -2)), -1, -2)
+            scaled = jnp.swapaxes(solve_lower(L, jnp.swapaxes(scaled, -1, -2)), -1, -2)
+        out["z"] = scaled
+        if out["eta"].shape[-1] > F:  # nuisance columns: their fixed Cholesky factor
+            out["z"] = jnp.concatenate([scaled, nuisance_z(out["eta"][..., F:], nuisance_chol)], axis=-1)
     return out
