@@ -237,9 +237,8 @@ def main():
     for r in range(a.first, a.replicates):
         data, truth = engine_dataset(config, a.patients, free, times, seed=a.seed * 100_000 + r, omega=a.omega,
                                      sigma=a.sigma, lloq=a.lloq)
-        nuisance = a.nuisance if a.nuisance in fm.NUISANCE_CHOICES else tuple(a.nuisance.split(","))
         problem = fm.build_problem(data, config, free, fm.GridSettings(substeps=a.substeps), use_grades=False,
-                                   nuisance=nuisance)
+                                   nuisance=fm.nuisance_choice(a.nuisance))
         for method in a.methods.split(","):
             t0 = time.perf_counter()
             res = fit(method, problem, a, seed=r)

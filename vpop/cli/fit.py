@@ -145,9 +145,8 @@ def _run(args: argparse.Namespace) -> int:
     problem = options = ident = None
     if args.data is not None:
         data = read_patient_data(args.data, args.covariates)
-        nuisance = args.nuisance if args.nuisance in fm.NUISANCE_CHOICES else \
-            tuple(s.strip() for s in args.nuisance.split(","))
-        problem = fm.build_problem(data, config, free, settings, use_grades=not args.no_grades, nuisance=nuisance)
+        problem = fm.build_problem(data, config, free, settings, use_grades=not args.no_grades,
+                                   nuisance=fm.nuisance_choice(args.nuisance))
         _say(args, f"{data.n} patients, {data.n_observations()} observations ({data.n_censored()} below LLOQ), "
                    f"analytes {', '.join(data.analytes)}; free: {', '.join(free)}"
                    + (f"; nuisance random effects: {', '.join(problem.nuisance)}" if problem.nuisance else ""))

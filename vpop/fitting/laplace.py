@@ -306,13 +306,11 @@ def patient_terms(problem, sites, frozen, lf_star, centred: bool, covariate_x=No
     out = -jnp.sum(jnp.where(mask, ll, 0.0), axis=-1)
     if centred:
         L = sites.get("L_corr")
-        if problem.nuisance:
+        if L is None and not problem.nuisance:
+            re = dist.Normal(jnp.zeros_like(sites["omega"]), sites["omega"]).to_event(1)
+        else:  # correlated free effects and/or the nuisance ones
             re = dist.MultivariateNormal(jnp.zeros(len(problem.effects)),
                                          scale_tril=random_effect_scale(problem, sites["omega"], L))
-        elif L is None:
-            re = dist.Normal(jnp.zeros_like(sites["omega"]), sites["omega"]).to_event(1)
-        else:
-            re = dist.MultivariateNormal(jnp.zeros_like(sites["omega"]), scale_tril=sites["omega"][:, None] * L)
         out = out - re.log_prob(sites["eta"])
     return out + correction_terms(problem, sites, frozen, centred)
 

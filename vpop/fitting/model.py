@@ -167,6 +167,11 @@ def base_parameters(config, covariates: list[dict]) -> dict:
 NUISANCE_CHOICES = ("config", "none")
 
 
+def nuisance_choice(text: str):
+    """`--nuisance` as given on a command line: 'config', 'none', or a tuple of comma-separated names."""
+    return text if text in NUISANCE_CHOICES else tuple(s.strip() for s in text.split(","))
+
+
 def nuisance_effects(config, free, choice="none", reach=None) -> tuple[tuple[str, ...], np.ndarray]:
     """(names, Cholesky factor) of the nuisance random effects of a fit.
 
@@ -214,7 +219,6 @@ def build_problem(data: PatientData, config, free=DEFAULT_FREE, settings: GridSe
     """Arrays of the fitting model from patient data and a config (`nuisance`: `nuisance_effects`; with
     "config" and no observed grades, only the parameters that can move the data's analytes)."""
     free = check_free(free)
-    nuisance_effects(config, free, nuisance, reach=lambda names: names)  # a wrong choice fails before any work
     if data.n == 0:
         raise UserError(f"{data.source}: no patients")
     base = base_parameters(config, data.covariates)

@@ -246,17 +246,12 @@ def numpyro_model(problem: FitProblem, cohort=None, ignore_censoring: bool = Fal
         raise UserError("--bov: only with the non-centred parameterisation (--parameterisation noncentred)")
     if parameterisation == "centred":
         with numpyro.plate("patients", problem.n):
-            if problem.nuisance:  # the free parameters' eta and the nuisance ones' (fixed covariance) together
+            if L is None and not problem.nuisance:
+                eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
+            else:  # correlated free effects and/or the nuisance ones (fixed covariance), together
                 eta = numpyro.sample("eta", dist.MultivariateNormal(jnp.zeros(E),
                                                                     scale_tril=random_effect_scale(problem, omega, L)))
-                zf = eta[:, :F] / omega if L is None else solve_lower(L, (eta[:, :F] / omega).T).T
-                z = jnp.concatenate([zf, nuisance_z(eta[:, F:], problem.nuisance_chol)], axis=-1)
-            elif L is None:
-                eta = numpyro.sample("eta", dist.Normal(jnp.zeros(F), omega).to_event(1))
-                z = eta / omega
-            else:
-                eta = numpyro.sample("eta", dist.MultivariateNormal(jnp.zeros(F), scale_tril=omega[:, None] * L))
-                z = solve_lower(L, (eta / omega).T).T
+            z = z_of_eta(eta, omega, L, problem.nuisance_chol)
         numpyro.deterministic("z", z)
         log_factors = individual_log_factors(problem, log_theta, omega, z, L, beta, opt.covariate_x, eta=eta)
     elif opt.bov:  # subjects' random effects, and each occasion's on the BOV parameters (non-centred)
@@ -329,12 +324,19 @@ def derived_sites(samples: dict, options: ModelOptions | None = None, nuisance_c
     if L is not None:
         out["corr"] = L @ jnp.swapaxes(L, -1, -2)
     if "eta" in out and "omega" in out:
-        F = out["omega"].shape[-1]
-        scaled = out["eta"][..., :F] / out["omega"][..., None, :]
-        if L is not None:
-            # one triangular solve per draw: forward substitution, not jaxlib's batched LAPACK (small_matrices)
-            scaled = jnp.swapaxes(solve_lower(L, jnp.swapaxes(scaled, -1, -2)), -1, -2)
-        out["z"] = scaled
-        if out["eta"].shape[-1] > F:  # nuisance columns: their fixed Cholesky factor
-            out["z"] = jnp.concatenate([scaled, nuisance_z(out["eta"][..., F:], nuisance_chol)], axis=-1)
+        out["z"] = z_of_eta(out["eta"], out["omega"], L, nuisance_chol)
     return out
+
+
+def z_of_eta(eta, omega, L=None, nuisance_chol=None):
+    """The standard normals z of centred random effects eta (..., n, E): eta = A z with A = `random_effect_scale`.
+    Free columns: divided by omega (and solved with L); nuisance columns (after them): solved with their fixed
+    Cholesky factor. Works on any leading draw axes."""
+    F = omega.shape[-1]
+    z = eta[..., :F] / omega[..., None, :]
+    if L is not None:
+        # one triangular solve per draw: forward substitution, not jaxlib's batched LAPACK (small_matrices)
+        z = jnp.swapaxes(solve_lower(L, jnp.swapaxes(z, -1, -2)), -1, -2)
+    if eta.shape[-1] > F:
+        z = jnp.concatenate([z, nuisance_z(eta[..., F:], nuisance_chol)], axis=-1)
+    return z
