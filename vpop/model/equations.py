@@ -89,14 +89,8 @@ def signals(y, p):
     vasoplegia = vasoplegia / (1.0 + vasoplegia)
     map_mmhg = p["map_baseline"] - p["map_per_leak"] * s["leak"] - p["map_per_vasoplegia"] * vasoplegia
     fio2_need = 0.21 + p["fio2_per_leak"] * _relu(p["lung_sensitivity"] * s["leak"] - p["leak_hypoxia_threshold"])
-    # Fever is set in the hypothalamus: circulating pyrogens act on its barrier-free organs, and IL-6 behind
-    # the blood-brain barrier (crossed from serum and made by glia) acts there too (Chai 1996: no fever
-    # without brain IL-6). Tocilizumab does not cross the barrier (Nellan 2018), so it blocks the serum
-    # IL-6 term only: fever still comes after prophylactic tocilizumab (ZUMA-1 cohort 3: CRS 91 %), and CNS
-    # inflammation, which rises with serum IL-6 under tocilizumab, is febrile, so ICANS follows fever.
     pyrogen = (
         il6_signal / p["fever_ec_il6"] + il1_signal / p["fever_ec_il1"] + s["tnf"] / p["fever_ec_tnf"]
-        + _relu(s["csf_il6"] - p["csf_il6_partition"] * p["il6_basal"]) / p["fever_ec_csf_il6"]
     )
     fever_rise = p["fever_max_rise"] * pyrogen / (pyrogen + p["fever_drive_ec50"])
     # Serum factors cross into the CNS in proportion to barrier permeability.

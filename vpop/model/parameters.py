@@ -194,12 +194,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _p("fever", "fever_ec_il6", 400.0, "pg/mL", 20.0, 2000.0, "calibrated", "IL-6 signal giving unit pyrogenic drive"),
     _p("fever", "fever_ec_il1", 10.0, "pg/mL", 1.0, 100.0, "calibrated", "IL-1 signal giving unit pyrogenic drive"),
     _p("fever", "fever_ec_tnf", 80.0, "pg/mL", 10.0, 500.0, "calibrated", "TNF-alpha giving unit pyrogenic drive"),
-    _p("fever", "fever_ec_csf_il6", 100.0, "pg/mL", 10.0, 1000.0,
-       "set, not fitted (docs/model.md, Central fever); Chai 1996, Rummel 2006 (fever needs brain IL-6); Nellan 2018 (tocilizumab stays out of the CSF)",
-       "CSF IL-6 giving unit pyrogenic drive (central fever, out of tocilizumab's reach)"),
-    _p("fever", "fever_drive_ec50", 0.9, "-", 0.1, 10.0,
-       "calibrated per preset, jointly (docs/calibration.md); with the central term 1.0-5.4",
-       "pyrogenic drive giving half the maximal temperature rise"),
+    _p("fever", "fever_drive_ec50", 0.6, "-", 0.1, 3.0, "calibrated", "pyrogenic drive giving half the maximal temperature rise"),
     _p("fever", "antipyretic_effect", 0.3, "fraction", 0.0, 0.6, "calibrated (paracetamol lowers fever ~0.5-1 C)",
        "fraction of the temperature rise removed by antipyretics"),
     # --- Acute phase and coagulation ----------------------------------------
