@@ -4,6 +4,7 @@
   at clinical doses the engraftment factor is exactly 1 (and finite at the carrying capacity).
 - Loop ignition: without CAR-T cells no patient's self-amplifying loop ignites, however sensitive.
 - Masked fever: after a fever-masking drug, hypotension alone makes the policy treat CRS.
+- Tocilizumab defervesces: many patients febrile at their first dose are afebrile a day later.
 - Physical range: a patient whose read-outs leave their physical range is flagged and excluded.
 - CAR-T kinetics: antigen drives a programmed burst (expansion and secretion end at
   `car_expansion_days` whatever antigen remains), and killing per tumour cell falls with burden
@@ -70,6 +71,25 @@ def test_masked_fever_lets_the_policy_treat_hypotension():
     assert int(policy_crs_grade(grades, row, jnp.asarray([True]), on)[0]) == 3
     assert int(policy_crs_grade(grades, row, jnp.asarray([False]), on)[0]) == 0
     assert int(policy_crs_grade(grades, row, jnp.asarray([True]), off)[0]) == 0
+
+
+@pytest.mark.slow
+def test_tocilizumab_defervesces_most_febrile_patients_within_a_day(default_config):
+    """Tocilizumab masks fever (why ASTCT stops requiring fever once it is given: Lee 2019): of the patients
+    febrile at their first dose, at least a third are below 38 C all through 12-24 h later (the model: 47 %
+    here, 63 % under the axi-cel preset). A central fever driven by CSF IL-6, which the serum IL-6 raised by
+    tocilizumab keeps feeding, gave 0 % (docs/model.md) and fails here."""
+    res = vpop.simulate(default_config, n=400, seed=12, record_rows=True)
+    obs = res.observations.sort_values(["patient_id", "time_day"])
+    first = obs[obs["tocilizumab_given"]].groupby("patient_id", observed=True)["time_day"].min().rename("t0")
+    obs = obs.merge(first, left_on="patient_id", right_index=True)
+    at_dose = obs[(obs["time_day"] <= obs["t0"]) & (obs["time_day"] > obs["t0"] - 0.3)]
+    later = obs[(obs["time_day"] >= obs["t0"] + 0.5) & (obs["time_day"] <= obs["t0"] + 1.0)]
+    before = at_dose.groupby("patient_id", observed=True)["temp_c"].max()
+    after = later.groupby("patient_id", observed=True)["temp_c"].max()
+    febrile = before.index[before >= 38.0]
+    assert len(febrile) >= 60
+    assert (after.reindex(febrile) < 38.0).mean() >= 1 / 3
 
 
 def test_a_blow_up_is_flagged_out_of_range_and_excluded(default_config):
