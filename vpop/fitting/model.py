@@ -159,7 +159,7 @@ def base_parameters(config, covariates: list[dict]) -> dict:
     rows = []
     for cov in covariates:
         full = sampler.derived_covariates({k: jnp.asarray(v) for k, v in patient_covariates(config, cov).items()})
-        p = sampler._parameters(full, {})  # the population's covariate model, eta = 0
+        p = sampler.parameters_of(full, {})  # the population's covariate model, eta = 0
         rows.append({k: float(v) for k, v in p.items()})
     return {k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
 

@@ -139,7 +139,7 @@ class PopulationSampler:
         """One patient's (covariates, individual parameters)."""
         k_cov, k_eta = jax.random.split(key)
         cov = self.covariates(k_cov)
-        return cov, self._parameters(cov, self.random_effects(k_eta))
+        return cov, self.parameters_of(cov, self.random_effects(k_eta))
 
     def random_effects(self, k_eta) -> dict[str, jax.Array]:
         """eta ~ MVN(0, Omega), by name (empty when no variability is configured)."""
@@ -186,7 +186,7 @@ class PopulationSampler:
         cov = self.derived_covariates(cov, k_cov)
         effects = self.random_effects(k_eta)
         effects.update(eta or {})
-        return cov, self._parameters(cov, effects)
+        return cov, self.parameters_of(cov, effects)
 
     def shared_parameters(self) -> tuple[str, ...]:
         """Names of the parameters that are the same for every patient (no covariate, effect or eta touches them).
@@ -197,7 +197,9 @@ class PopulationSampler:
         """
         return shared_outputs(self.individual, jax.random.PRNGKey(0))[1]
 
-    def _parameters(self, cov, eta: dict) -> dict[str, jax.Array]:
+    def parameters_of(self, cov: dict, eta: dict) -> dict[str, jax.Array]:
+        """One patient's model parameters from derived covariates and random effects by name (`{}`: the
+        population's covariate model at eta = 0, as the fitting model starts from)."""
         p = {name: jnp.asarray(v, dtype=jnp.float32) for name, v in self.typical.items()}
         for name in SENSITIVITIES:
             p[name] = jnp.asarray(1.0, dtype=jnp.float32)
