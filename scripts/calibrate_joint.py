@@ -57,7 +57,8 @@ def design_to_json(d: jc.Design) -> dict:
             "x": {k: v.tolist() for k, v in d.x.items()}, "events": {k: v.tolist() for k, v in d.events.items()},
             "patients": {k: v.tolist() for k, v in d.patients.items()}, "seconds": d.seconds,
             "timing_rows": [tt.target.row for tt in d.timing], "timing_preset": d.timing_preset.tolist(),
-            "log_medians": {k: v.tolist() for k, v in d.log_medians.items()}}
+            "log_medians": {k: v.tolist() for k, v in d.log_medians.items()},
+            "timing_left_out": [tt.target.row for tt in d.timing_left_out]}
 
 
 def design_from_json(raw: dict) -> jc.Design:
@@ -72,7 +73,8 @@ def design_from_json(raw: dict) -> jc.Design:
                      [timing_by_row[r] for r in raw.get("timing_rows", [])],
                      np.asarray(raw.get("timing_preset", []), int),
                      {k: np.asarray(v, float).reshape(len(raw["x"][k]), -1)
-                      for k, v in raw.get("log_medians", {k: [] for k in raw["x"]}).items()})
+                      for k, v in raw.get("log_medians", {k: [] for k in raw["x"]}).items()},
+                     [timing_by_row[r] for r in raw.get("timing_left_out", [])])
 
 
 def write_posterior(preset: str, post: jc.JointPosterior) -> Path:
@@ -110,7 +112,9 @@ def render(design, emulator, timing_emulator, post, cov, args, seconds) -> str:
            f"Rows fitted: {len(design.targets)} rate rows of `published_cohorts.csv` "
            f"({len(set(t.cohort for t in design.targets))} cohorts), graded rates and drug use alike, each "
            "under its own trial's policy and scale (docs/validation.md lists the cohort -> preset/policy map), "
-           f"and {len(design.timing)} timing medians (below).",
+           f"and {len(design.timing)} timing medians (below)."
+           + (f" Left out, their event having a median at too few design points to fit a surface: "
+              f"{jc.timing_labels(design.timing_left_out)}." if design.timing_left_out else ""),
            "", "## Posterior: each preset's constants", "",
            "| preset | parameter | before | fitted median | 90% interval |", "|---|---|---|---|---|"]
     for g, preset in enumerate(design.presets):

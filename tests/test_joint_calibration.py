@@ -225,3 +225,27 @@ def test_a_timing_row_without_enough_medians_is_dropped():
     keep = jc.rows_with_enough_medians(log_medians, np.array([0, 0, 1]), ["a", "b"])
     assert keep.tolist() == [True, False, True]
     assert log_medians["a"].shape == (32, 1) and log_medians["b"].shape == (32, 1)
+
+
+def test_left_out_timing_rows_survive_the_stored_design():
+    """The design cache (docs/calibration-design.json) keeps which timing rows were left out, so a refit from it
+    (`--reuse-design`) names them on the page as the run that made it did."""
+    import importlib.util
+    from pathlib import Path
+
+    from vpop.data import published_cohorts_path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_joint.py"
+    spec = importlib.util.spec_from_file_location("calibrate_joint", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    timing = jc.timing_targets(published_cohorts_path())
+    d = jc.Design(["axicel"], np.zeros((1, jc.N_INPUTS)), np.ones(jc.N_INPUTS), np.zeros((1, 3)), [],
+                  np.zeros(0, int), {"axicel": np.zeros((4, jc.N_INPUTS))}, {"axicel": np.zeros((4, 0))},
+                  {"axicel": np.zeros((4, 0))}, 0.0, timing[1:], np.zeros(len(timing) - 1, int),
+                  {"axicel": np.zeros((4, len(timing) - 1))}, timing[:1])
+    back = script.design_from_json(script.design_to_json(d))
+    assert [tt.target.row for tt in back.timing_left_out] == [timing[0].target.row]
+    assert [tt.target.row for tt in back.timing] == [tt.target.row for tt in timing[1:]]
+    label = jc.timing_labels(back.timing_left_out)
+    assert label == f"{timing[0].target.cohort} {timing[0].target.endpoint} (row {timing[0].target.row})"

@@ -211,6 +211,8 @@ class Design:
     timing: list[TimingTarget] = field(default_factory=list)
     timing_preset: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # (timing rows,)
     log_medians: dict[str, np.ndarray] = field(default_factory=dict)  # preset -> (points, its timing rows)
+    # timing rows left out: their event had a median at too few design points to fit a surface
+    timing_left_out: list[TimingTarget] = field(default_factory=list)
 
     def rows_of(self, g: int) -> np.ndarray:
         return np.flatnonzero(self.row_preset == g)
@@ -274,9 +276,17 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
                 progress(f"{preset}: point {i + 1}/{points}")
         xs[preset], events[preset], patients[preset], log_medians[preset] = offsets.copy(), ev, pa, lm
     keep = rows_with_enough_medians(log_medians, timing_preset, presets)
+    left_out = [tt for tt, k in zip(timing, keep) if not k]
+    if left_out and progress is not None:
+        progress(f"timing rows left out (a median at too few design points): {timing_labels(left_out)}")
     timing, timing_preset = [tt for tt, k in zip(timing, keep) if k], timing_preset[keep]
     return Design(presets, np.asarray(centre), hw, np.asarray(effects), targets, row_preset, xs, events, patients,
-                  time.perf_counter() - t0, timing, timing_preset, log_medians)
+                  time.perf_counter() - t0, timing, timing_preset, log_medians, left_out)
+
+
+def timing_labels(rows: list[TimingTarget]) -> str:
+    """'cohort endpoint (row N)' for each timing row, for messages and the calibration page."""
+    return "; ".join(f"{tt.target.cohort} {tt.target.endpoint} (row {tt.target.row})" for tt in rows)
 
 
 def rows_with_enough_medians(log_medians: dict[str, np.ndarray], timing_preset: np.ndarray,
