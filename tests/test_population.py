@@ -97,6 +97,28 @@ def test_individual_from_covariates_reproduces_individual():
         np.testing.assert_allclose(np.asarray(p[k]), np.asarray(p2[k]), rtol=1e-6, err_msg=k)
 
 
+def test_endothelial_sensitivity_reads_easix_at_the_reference_ldh_not_the_patients():
+    """LDH marks tumour burden, which acts through antigen: doubling a patient's LDH leaves the endothelial
+    sensitivity as it is, doubling creatinine raises it by 2^0.25 (EASIX's exponent) and doubling platelets
+    lowers it by as much."""
+    cfg = load_config(shipped_config("axicel.yaml"))
+    sampler = PopulationSampler(cfg.population, cfg.parameters)
+    keys = patient_keys(3, np.arange(4))
+    cov, _ = jax.vmap(sampler.individual)(keys)
+    given = {k: np.asarray(cov[k]) for k in (*COVARIATES, "female")}
+
+    def endo(**changes):
+        c = {**given, **{k: given[k] * v for k, v in changes.items()}}
+        _, p = jax.vmap(sampler.individual_from_covariates)(keys, c)
+        return np.asarray(p["endothelial_sensitivity"], np.float64)
+
+    base = endo()
+    np.testing.assert_allclose(endo(ldh=2.0), base, rtol=1e-6)
+    np.testing.assert_allclose(endo(creatinine=2.0), base * 2.0 ** 0.25, rtol=1e-5)
+    np.testing.assert_allclose(endo(platelets0=2.0), base * 2.0 ** -0.25, rtol=1e-5)
+    assert np.all(np.isfinite(base)) and np.all(base > 0)
+
+
 # --- patient tables ------------------------------------------------------------------
 
 

@@ -229,14 +229,23 @@ def shared_outputs(fn, *args) -> tuple:
     return tuple(tuple(sorted(k for k, s in part.items() if s)) for part in shared)
 
 
+# U/L: the LDH at which the endothelial sensitivity reads EASIX (the axi-cel population's median, so the typical
+# LBCL patient's sensitivity is unchanged).
+EASIX_REFERENCE_LDH = 330.0
+
+
 def covariate_effects(cov, p) -> dict[str, jax.Array]:
     """Documented covariate effects on the typical parameters (docs/populations.md)."""
     ld = cov["ld_intensity"]
     return {
         # Lymphodepletion intensity (1 = Flu 30 / Cy 500 x 3 d) boosts expansion.
         "car_prolif_factor": p["car_prolif_factor"] * (1.0 + p["ld_expansion_gain"] * (ld - 1.0)),
-        # Baseline endothelial stress (EASIX, Ang-2) sensitises the endothelium (Hay 2017; Korell 2022).
-        "endothelial_sensitivity": p["endothelial_sensitivity"] * (cov["easix"] / 2.0) ** 0.25 * (cov["ang2_0"] / 2.0) ** 0.3,
+        # Baseline endothelial stress (EASIX, Ang-2) sensitises the endothelium (Hay 2017; Korell 2022). EASIX
+        # enters at a reference LDH: in lymphoma and leukaemia LDH mostly marks tumour burden (r = 0.5 with it
+        # here), which already acts through antigen; with the patient's LDH the burden counted twice and severe
+        # CRS was 4x as frequent in the top burden quartile as in the bottom (the trials: about 2-4x).
+        "endothelial_sensitivity": (p["endothelial_sensitivity"] * (cov["easix"] * EASIX_REFERENCE_LDH / cov["ldh"] / 2.0)
+                                    ** 0.25 * (cov["ang2_0"] / 2.0) ** 0.3),
         # Baseline inflammation primes monocytes (Locke 2020; CAR-HEMATOTOX ferritin/CRP).
         "myeloid_sensitivity": p["myeloid_sensitivity"] * (cov["crp0"] / 10.0) ** 0.1 * (cov["ferritin0"] / 500.0) ** 0.1,
     }
