@@ -77,7 +77,7 @@ def test_masked_fever_lets_the_policy_treat_hypotension():
 def test_tocilizumab_defervesces_most_febrile_patients_within_a_day(default_config):
     """Tocilizumab masks fever (why ASTCT stops requiring fever once it is given: Lee 2019): of the patients
     febrile at their first dose, at least a third are below 38 C all through 12-24 h later (the model: 47 %
-    here, 63 % under the axi-cel preset). A central fever driven by CSF IL-6, which the serum IL-6 raised by
+    here). A central fever driven by CSF IL-6, which the serum IL-6 raised by
     tocilizumab keeps feeding, gave 0 % (docs/model.md) and fails here."""
     res = vpop.simulate(default_config, n=400, seed=12, record_rows=True)
     obs = res.observations.sort_values(["patient_id", "time_day"])

@@ -241,11 +241,11 @@ def covariate_effects(cov, p) -> dict[str, jax.Array]:
         # Lymphodepletion intensity (1 = Flu 30 / Cy 500 x 3 d) boosts expansion.
         "car_prolif_factor": p["car_prolif_factor"] * (1.0 + p["ld_expansion_gain"] * (ld - 1.0)),
         # Baseline endothelial stress (EASIX, Ang-2) sensitises the endothelium (Hay 2017; Korell 2022). EASIX
-        # enters at a reference LDH: in lymphoma and leukaemia LDH mostly marks tumour burden (r = 0.5 with it
-        # here), which already acts through antigen; with the patient's LDH the burden counted twice and severe
-        # CRS was 4x as frequent in the top burden quartile as in the bottom (the trials: about 2-4x).
-        "endothelial_sensitivity": (p["endothelial_sensitivity"] * (cov["easix"] * EASIX_REFERENCE_LDH / cov["ldh"] / 2.0)
-                                    ** 0.25 * (cov["ang2_0"] / 2.0) ** 0.3),
+        # is read at a reference LDH: LDH mostly marks tumour burden, which already acts through antigen, so the
+        # patient's own LDH counted the burden twice (docs/populations.md).
+        "endothelial_sensitivity": (p["endothelial_sensitivity"]
+                                    * (EASIX_REFERENCE_LDH * cov["creatinine"] / cov["platelets0"] / 2.0) ** 0.25
+                                    * (cov["ang2_0"] / 2.0) ** 0.3),
         # Baseline inflammation primes monocytes (Locke 2020; CAR-HEMATOTOX ferritin/CRP).
         "myeloid_sensitivity": p["myeloid_sensitivity"] * (cov["crp0"] / 10.0) ** 0.1 * (cov["ferritin0"] / 500.0) ** 0.1,
     }
