@@ -153,7 +153,8 @@ def render(design, emulator, timing_emulator, post, cov, args, seconds) -> str:
         out += ["", "## Timing medians", "",
                 f"{len(timing)} timing medians with a published IQR or range, in the same posterior: the published "
                 "median a normal observation of the emulated log median, with the standard error of a sample "
-                "median (1.2533 sigma / sqrt(n), sigma of log days from the IQR or range), the surface's "
+                "median (1.2533 sigma / sqrt(n), n the patients with the event, sigma of log days from the IQR or range), "
+                "the surface's "
                 "leave-one-out error and a fitted model discrepancy added in quadrature. Discrepancy (log scale): "
                 f"median {q(disc, 0.5):.2f}, 90% interval {q(disc, 0.05):.2f}–{q(disc, 0.95):.2f}. The fitted "
                 "median is the emulator's at the posterior medians; docs/validation.md gives the engine's.", "",

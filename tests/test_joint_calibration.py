@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vpop.trials import joint_calibration as jc
@@ -180,6 +181,24 @@ def test_timing_targets_are_the_medians_with_a_spread():
     assert ("JULIET", "crs_onset_median") not in got  # no IQR or range published
     assert not any(tt.target.endpoint.startswith("car_") for tt in rows)  # CAR-T kinetics are set apart
     assert all(0 < tt.log_se < 1 for tt in rows)
+
+
+
+def test_a_timing_median_counts_the_patients_who_had_the_event(tmp_path):
+    """JULIET's neurologic onset is the median of the 23 of 111 with an event (neuro_any 21 %), so its
+    standard error is that of a median of 23; without the any-grade row the trial size stands in."""
+    from vpop.data import published_cohorts_path
+    from vpop.trials.validation import published_spread
+
+    src = pd.read_csv(published_cohorts_path(), dtype=str, keep_default_na=False)
+    note = src[(src["cohort"] == "JULIET") & (src["endpoint"] == "neuro_onset_median")]["note"].iloc[0]
+    lo, hi, kind = published_spread(note)
+    rows = {(tt.target.cohort, tt.target.endpoint): tt for tt in jc.timing_targets(published_cohorts_path())}
+    assert rows[("JULIET", "neuro_onset_median")].log_se == pytest.approx(jc.median_log_se(lo, hi, kind, 23))
+    table = tmp_path / "t.csv"
+    src[~((src["cohort"] == "JULIET") & (src["endpoint"] == "neuro_any"))].to_csv(table, index=False)
+    alone = {(tt.target.cohort, tt.target.endpoint): tt for tt in jc.timing_targets(table)}
+    assert alone[("JULIET", "neuro_onset_median")].log_se == pytest.approx(jc.median_log_se(lo, hi, kind, 111))
 
 
 def test_timing_emulator_leaves_out_points_without_a_median():

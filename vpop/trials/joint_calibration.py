@@ -103,14 +103,33 @@ def median_log_se(low: float, high: float, kind: str, n: int) -> float:
     return float(1.2533 * (width / scores) / np.sqrt(n))
 
 
+# The rows whose count is the number of patients a timing median is taken over, most direct first: a
+# median onset or duration is the median among the patients who had the event, not among all treated.
+EVENT_ROWS = {"crs": ("crs_any", "crs_grade1plus", "crs_grade2plus"), "neuro": ("neuro_any", "neuro_grade1plus")}
+
+
+def patients_with_event(t: Target, rows: list[Target]) -> int:
+    """How many of the trial's patients a timing median `t` is taken over: the count of the same cohort's
+    any-grade row of that event (or, failing it, of the widest grade row the table has: fewer patients,
+    a larger standard error), and the trial size where the table has none."""
+    kind = "neuro" if t.endpoint.startswith("neuro") else "crs"  # fever onset is CRS's onset
+    counts = {r.endpoint: r.count for r in rows if r.cohort == t.cohort and r.is_rate and r.n > 0}
+    for endpoint in EVENT_ROWS[kind]:
+        if counts.get(endpoint, 0) > 0:
+            return counts[endpoint]
+    return t.n
+
+
 def timing_targets(table) -> list[TimingTarget]:
-    """Timing-median rows with a trial size, a preset and a published IQR or range."""
+    """Timing-median rows with a trial size, a preset and a published IQR or range; each median's standard
+    error counts the patients who had the event (`patients_with_event`)."""
     notes = pd.read_csv(table, dtype=str, keep_default_na=False)["note"].tolist()
+    rows = read_cohort_table(table)
     out = []
-    for t in read_cohort_table(table):
+    for t in rows:
         spread = published_spread(notes[t.row - 1])
         if t.endpoint in TIMING_ENDPOINTS and t.n > 0 and t.cohort in COHORTS and spread is not None:
-            out.append(TimingTarget(t, median_log_se(spread[0], spread[1], spread[2], t.n)))
+            out.append(TimingTarget(t, median_log_se(spread[0], spread[1], spread[2], patients_with_event(t, rows))))
     return out
 
 
