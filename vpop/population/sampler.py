@@ -163,7 +163,7 @@ class PopulationSampler:
         if "female" not in out:
             k_sex = jax.random.split(key)[1]
             out["female"] = (jax.random.uniform(k_sex, dtype=jnp.float32) < self.spec.female_fraction).astype(jnp.float32)
-        out["easix"] = out["ldh"] * out["creatinine"] / out["platelets0"]
+        out["easix"] = easix(out["ldh"], out["creatinine"], out["platelets0"])
         out["m_easix"] = out["ldh"] * (out["crp0"] / 10.0) / out["platelets0"]  # CRP in mg/dL
         if "car_dose_per_kg" not in out:
             if self.spec.dose_per_kg is not None:
@@ -229,6 +229,11 @@ def shared_outputs(fn, *args) -> tuple:
     return tuple(tuple(sorted(k for k, s in part.items() if s)) for part in shared)
 
 
+def easix(ldh, creatinine, platelets):
+    """Endothelial Activation and Stress Index: LDH (U/L) x creatinine (mg/dL) / platelets (1e9/L)."""
+    return ldh * creatinine / platelets
+
+
 # U/L: the LDH at which the endothelial sensitivity reads EASIX (the axi-cel population's median, so the typical
 # LBCL patient's sensitivity is unchanged).
 EASIX_REFERENCE_LDH = 330.0
@@ -244,7 +249,7 @@ def covariate_effects(cov, p) -> dict[str, jax.Array]:
         # is read at a reference LDH: LDH mostly marks tumour burden, which already acts through antigen, so the
         # patient's own LDH counted the burden twice (docs/populations.md).
         "endothelial_sensitivity": (p["endothelial_sensitivity"]
-                                    * (EASIX_REFERENCE_LDH * cov["creatinine"] / cov["platelets0"] / 2.0) ** 0.25
+                                    * (easix(EASIX_REFERENCE_LDH, cov["creatinine"], cov["platelets0"]) / 2.0) ** 0.25
                                     * (cov["ang2_0"] / 2.0) ** 0.3),
         # Baseline inflammation primes monocytes (Locke 2020; CAR-HEMATOTOX ferritin/CRP).
         "myeloid_sensitivity": p["myeloid_sensitivity"] * (cov["crp0"] / 10.0) ** 0.1 * (cov["ferritin0"] / 500.0) ** 0.1,
