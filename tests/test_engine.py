@@ -180,3 +180,17 @@ def test_patients_do_not_depend_on_the_x64_mode(default_config):
     cov, _, _ = sample_patients(default_config, np.arange(6), dtype=jnp.float32)
     for name, values in no_x64.items():
         np.testing.assert_allclose(np.asarray(cov[name], float), values, rtol=1e-6)
+
+
+def test_car_t_auc_is_the_trapezoid_of_the_charted_counts(default_config):
+    """The engine's running AUC equals the trapezoid rule over the observation table's CAR-T counts."""
+    res = cohort.simulate(_small(default_config), n=12, seed=5)
+    obs, pts = res.observations, res.patients.set_index("patient_id")
+    survivors = pts.index[pts["death_day"].isna()]
+    assert len(survivors) >= 10
+    for pid in survivors:
+        o = obs[obs["patient_id"] == pid].sort_values("time_day")
+        assert o["time_day"].iloc[-1] == pytest.approx(10.0)
+        want = np.trapezoid(o["car_t_cells_per_ul"].to_numpy(float), o["time_day"].to_numpy(float))
+        assert want > 0
+        np.testing.assert_allclose(pts.loc[pid, "auc_car_t_cells_per_ul_day"], want, rtol=1e-6)

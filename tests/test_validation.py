@@ -200,7 +200,8 @@ class FakeRunner:
         n, rng = self.n, self.rng
         df = {"patient_id": np.arange(n), "tumor_burden": rng.lognormal(0, 1, n), "_ok": np.ones(n, bool),
               "tocilizumab_doses": rng.integers(0, 3, n), "steroids_given": rng.random(n) < 0.3,
-              "peak_car_t_cells_per_ul": rng.lognormal(3, 1, n), "peak_car_t_day": rng.integers(5, 15, n) * 1.0}
+              "peak_car_t_cells_per_ul": rng.lognormal(3, 1, n), "peak_car_t_day": rng.integers(5, 15, n) * 1.0,
+              "auc_car_t_cells_per_ul_day": rng.lognormal(5, 1, n)}
         for kind, col in SCALE_COLUMNS.values():
             prefix = "crs" if kind == "crs" else "icans"
             df[col] = rng.integers(0, 5, n)
@@ -227,5 +228,7 @@ def test_score_rows_scores_every_row_of_the_table_by_its_kind():
     assert by.loc[("ZUMA-1", "neuro_onset_median")].reason == "no IQR or range published"
     assert by.loc[("MDACC-TMTV-matched-historical-no-anakinra", "crs_grade2plus")].verdict == "not scored"
     assert by.loc[("CARTITUDE-1-PK", "car_cmax_mean")].reason.startswith("copies/ug gDNA")
+    auc = by.loc[("ZUMA-7-axi-cel-arm", "car_auc0_28_median")]  # CAR-T exposure against the note's Q1-Q3
+    assert (auc.pub_low, auc.pub_high) == (76.4, 758.0) and auc.verdict in ("IN", "OUT")
     chop = rows[rows["cohort"].str.contains("early-fever") & (rows["endpoint"] == "crs_grade4")]
     assert set(chop["subset"]) == {"high_burden_early_fever"}

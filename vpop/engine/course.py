@@ -251,6 +251,7 @@ class CourseState(NamedTuple):
     peaks: dict
     nadirs: dict
     car_t_peak_day: Any  # time of the CAR-T peak (Tmax), day
+    car_t_auc: Any  # area under the CAR-T blood count while alive (trapezoid on the assessment grid), cells/uL x day
     max_vasopressors: Any  # ICU-level support while alive, so endpoints need no observation table
     positive_pressure: Any
     severity: tuple  # worst continuous signs over the course (SEVERITY_SIGNS)
@@ -303,6 +304,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
         peaks={k: full(-jnp.inf) for k in PEAK_BIOMARKERS},
         nadirs={k: full(jnp.inf) for k in NADIR_BIOMARKERS},
         car_t_peak_day=full(0.0),
+        car_t_auc=full(0.0),
         max_vasopressors=full(0, jnp.int32),
         positive_pressure=false,
         severity=tuple(full(-jnp.inf) for _ in SEVERITY_SIGNS),
@@ -374,6 +376,10 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
             nadirs={n: jnp.where(row_alive, jnp.minimum(carry.nadirs[n], bio[n]), carry.nadirs[n]) for n in NADIR_BIOMARKERS},
             car_t_peak_day=jnp.where(row_alive & (bio["car_t_cells_per_ul"] > carry.peaks["car_t_cells_per_ul"]),
                                      t, carry.car_t_peak_day),
+            # Trapezoid on the uniform assessment grid: the first and last assessments weigh half an interval.
+            car_t_auc=carry.car_t_auc + jnp.where(
+                row_alive, jnp.where((k == 0) | (k == settings.n_rows - 1), 0.5, 1.0) * dt * bio["car_t_cells_per_ul"],
+                0.0),
             max_vasopressors=jnp.where(row_alive, jnp.maximum(carry.max_vasopressors, row["vasopressors"]),
                                        carry.max_vasopressors),
             positive_pressure=carry.positive_pressure | (row_alive & (row["o2_device"] >= O2_CPAP)),
@@ -401,6 +407,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
         **{f"peak_{n}": v for n, v in final.peaks.items()},
         **{f"nadir_{n}": v for n, v in final.nadirs.items()},
         "peak_car_t_day": final.car_t_peak_day,  # Tmax of CAR-T in blood (first assessment at the peak)
+        "auc_car_t_cells_per_ul_day": final.car_t_auc,  # AUC of CAR-T in blood over the course (AUC0-28 by default)
         "max_vasopressors": final.max_vasopressors,
         "positive_pressure_ventilation": final.positive_pressure,
         **{f"worst_{name}": v for name, v in zip(SEVERITY_SIGNS, final.severity)},

@@ -61,7 +61,7 @@ def patient_table(ids, cov, rows, summ, settings) -> pd.DataFrame:
     df["max_vasopressors"] = summ["max_vasopressors"].astype(np.int64)
     df["positive_pressure_ventilation"] = summ["positive_pressure_ventilation"].astype(bool)
     for key, value in summ.items():
-        if key.startswith(("peak_", "nadir_")):
+        if key.startswith(("peak_", "nadir_", "auc_")):
             df[key] = value.astype(np.float64)
     df["solver_status"] = np.asarray([engine_mod.STATUS_NAMES.get(s, "unknown") for s in range(max(engine_mod.STATUS_NAMES) + 1)],
                                      dtype=object)[summ["solver_status"]]

@@ -292,6 +292,11 @@ def _car_tmax(patients, t):
     return patients["peak_car_t_day"].to_numpy(float)
 
 
+def _car_auc(patients, t):
+    # The presets run 28 days, so the course's AUC is the trials' AUC0-28.
+    return patients["auc_car_t_cells_per_ul_day"].to_numpy(float)
+
+
 def _timing_values(patients: pd.DataFrame, t: Target) -> np.ndarray:
     """Per-patient days of a crs/neuro onset or duration median row (NaN for patients without the event)."""
     from vpop.fitting.cohort_tables import SCALE_COLUMNS
@@ -304,9 +309,8 @@ def _timing_values(patients: pd.DataFrame, t: Target) -> np.ndarray:
 
 
 MEDIAN_VALUES: dict[str, Callable] = {"fever_onset_median": _fever_onset, "car_peak_median": _car_peak,
-                                      "car_tmax_median": _car_tmax}
+                                      "car_tmax_median": _car_tmax, "car_auc0_28_median": _car_auc}
 NOT_SIMULATED = {
-    "car_auc0_28_median": "AUC0-28 of CAR-T is not in the patient table",
     "car_cmax_mean": "copies/ug gDNA (qPCR): the simulator gives cells/uL",
     "car_auc0_28_mean": "copies/ug gDNA (qPCR): the simulator gives cells/uL",
     "car_thalf_mean": "terminal half-life needs follow-up past the 28-day course",
