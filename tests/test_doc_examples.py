@@ -105,3 +105,16 @@ def test_readme_which_preset_table_names_every_preset_with_its_trial():
         row = next((line for line in section.splitlines() if line.startswith(f"| `{name}` |")), None)
         assert row is not None, name
         assert load_config(name).trial in row, name
+
+
+def test_the_variability_table_quotes_the_sds_the_base_preset_ships():
+    """docs/populations.md §1.3 gives each η's SD; the joint calibration rewrites axicel.yaml's, so the page
+    must follow (scripts/calibrate_joint.py writes both)."""
+    from vpop.run.config import load_config
+
+    text = (DOCS / "populations.md").read_text()
+    omega = load_config("axicel").population.omega
+    for name, sd in omega.items():
+        cells = re.findall(rf"^\| {name} \| ([-+.\deE]+) \|", text, re.M)
+        assert cells, f"docs/populations.md has no variability row for {name}"
+        assert float(cells[0]) == pytest.approx(float(sd), rel=1e-3), name
