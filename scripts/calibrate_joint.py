@@ -59,7 +59,7 @@ def design_to_json(d: jc.Design) -> dict:
             "patients": {k: v.tolist() for k, v in d.patients.items()}, "seconds": d.seconds,
             "timing_rows": [tt.target.row for tt in d.timing], "timing_preset": d.timing_preset.tolist(),
             "log_medians": {k: v.tolist() for k, v in d.log_medians.items()},
-            "timing_left_out": [tt.target.row for tt in d.timing_left_out]}
+            "timing_left_out": [tt.target.row for tt in d.timing_left_out], "sds": d.sds}
 
 
 def design_from_json(raw: dict) -> jc.Design:
@@ -75,7 +75,7 @@ def design_from_json(raw: dict) -> jc.Design:
                      np.asarray(raw.get("timing_preset", []), int),
                      {k: np.asarray(v, float).reshape(len(raw["x"][k]), -1)
                       for k, v in raw.get("log_medians", {k: [] for k in raw["x"]}).items()},
-                     [timing_by_row[r] for r in raw.get("timing_left_out", [])])
+                     [timing_by_row[r] for r in raw.get("timing_left_out", [])], raw.get("sds", {}))
 
 
 def write_posterior(preset: str, post: jc.JointPosterior) -> Path:
@@ -220,6 +220,8 @@ def main(argv=None) -> int:
             return 2
         design = design_from_json(json.loads(DESIGN.read_text()))
         stale = [p for g, p in enumerate(design.presets) if not np.allclose(jc.preset_centre(p)[1], design.centre[g])]
+        if design.sds != jc.shipped_sds():  # the variability scales are relative to the SDs of the design
+            stale.append("axicel.yaml's variability")
         if stale:  # the emulator is centred on the values the design was run at
             print(f"{DESIGN}: the design was run around other values of {', '.join(stale)} (the presets changed "
                   "since, e.g. by the last joint fit); run without --reuse-design", file=sys.stderr)

@@ -268,3 +268,31 @@ def test_left_out_timing_rows_survive_the_stored_design():
     assert [tt.target.row for tt in back.timing] == [tt.target.row for tt in timing[1:]]
     label = jc.timing_labels(back.timing_left_out)
     assert label == f"{timing[0].target.cohort} {timing[0].target.endpoint} (row {timing[0].target.row})"
+
+
+def test_the_variability_prior_is_anchored_not_recentred_on_the_shipped_sds():
+    """The scales' prior centre is the log step from the SDs a design was run around to VARIABILITY_ANCHOR:
+    halve the shipped SDs and the centre moves up by log 2, so the absolute anchor stays put."""
+    sds = dict(jc.VARIABILITY_ANCHOR)
+    np.testing.assert_allclose(jc.scale_prior_centre(sds), 0.0, atol=1e-12)
+    halved = {k: v / 2 for k, v in sds.items()}
+    np.testing.assert_allclose(jc.scale_prior_centre(halved), np.log(2.0), rtol=1e-12)
+    neuro_only = dict(sds, neuro_sensitivity=sds["neuro_sensitivity"] * 3)
+    np.testing.assert_allclose(jc.scale_prior_centre(neuro_only), [0.0, -np.log(3.0)], atol=1e-12)
+
+
+def test_with_uninformative_rows_the_scales_follow_their_fixed_prior():
+    """No patients in any row: the posterior of each log scale is its prior, Normal(centre, 1), cut to the
+    design box, so its median is that truncated normal's; a prior still at 0 (the old re-centred one) would
+    give a median of 0."""
+    from scipy.stats import truncnorm
+
+    centre = np.array([4.0, -4.0])
+    data, counts = _synthetic(np.zeros((2, 3)), [0.0, 0.0])
+    data = data._replace(n=jax.numpy.zeros_like(data.n), scale_prior=jax.numpy.asarray(centre))
+    post = jc.sample_posterior(data, np.zeros_like(counts), warmup=300, draws=600, chains=1, seed=4)
+    half = np.asarray(data.half_width)[3:]
+    sd = np.asarray(jc.VARIABILITY_PRIOR_SD)
+    want = [truncnorm.median((-h - c) / s, (h - c) / s, loc=c, scale=s) for h, c, s in zip(half, centre, sd)]
+    np.testing.assert_allclose(np.median(post.log_iiv_scale, axis=0), want, atol=0.05)
+    assert want[0] > 0.15 and want[1] < -0.3  # far enough from 0 for the check to tell the priors apart

@@ -52,8 +52,16 @@ VARIABILITY = (("iiv_scale", ("cytokine_sensitivity", "myeloid_sensitivity", "en
                               "bbb_sensitivity", "cns_sensitivity")),
                ("neuro_iiv_scale", ("neuro_sensitivity",)))
 SENSITIVITIES = tuple(name for _, group in VARIABILITY for name in group)
-# prior SD of each log scale: the common scale's SDs were fitted before; the neurologic one never was
-VARIABILITY_PRIOR_SD = (0.3, 0.5)
+# The priors stay where they are from wave to wave. A wave writes its posterior medians into the presets (the
+# constants) and into axicel.yaml (the SDs), and the next wave's design is centred there; a prior centred there
+# too would move with each wave's output and count the same rows again at every wave. So the constants' prior
+# is centred on the parameter table's values and the SDs' on VARIABILITY_ANCHOR, both fixed, and both wide
+# enough (SD 1 in log, a factor of e) that the rows decide.
+# The SDs the sensitivities had before the first joint calibration (ZUMA-1 alone, 2026-11-23; docs/calibration.md).
+VARIABILITY_ANCHOR = {"cytokine_sensitivity": 0.715, "myeloid_sensitivity": 0.55, "endothelial_sensitivity": 0.45,
+                      "bbb_sensitivity": 0.4, "cns_sensitivity": 0.781, "neuro_sensitivity": 0.6}
+VARIABILITY_PRIOR_SD = (1.0, 1.0)  # of each log scale
+TYPICAL_PRIOR_SD = 1.0  # of each log constant's shared typical value (mu)
 N_SCALES = len(VARIABILITY)
 EFFECTS = ("CD28 costimulation", "BCMA / myeloma", "B-ALL")
 N_INPUTS = len(FREE) + N_SCALES  # the free typical values and the variability scales, all in log
@@ -232,6 +240,8 @@ class Design:
     log_medians: dict[str, np.ndarray] = field(default_factory=dict)  # preset -> (points, its timing rows)
     # timing rows left out: their event had a median at too few design points to fit a surface
     timing_left_out: list[TimingTarget] = field(default_factory=list)
+    # the sensitivities' SDs the design was run around (log scale 0 in x): where the fixed prior sits from here
+    sds: dict[str, float] = field(default_factory=dict)
 
     def rows_of(self, g: int) -> np.ndarray:
         return np.flatnonzero(self.row_preset == g)
@@ -300,7 +310,21 @@ def run_design(table, presets: list[str] | None = None, points: int = 32, n: int
         progress(f"timing rows left out (a median at too few design points): {timing_labels(left_out)}")
     timing, timing_preset = [tt for tt, k in zip(timing, keep) if k], timing_preset[keep]
     return Design(presets, np.asarray(centre), hw, np.asarray(effects), targets, row_preset, xs, events, patients,
-                  time.perf_counter() - t0, timing, timing_preset, log_medians, left_out)
+                  time.perf_counter() - t0, timing, timing_preset, log_medians, left_out, shipped_sds())
+
+
+def shipped_sds() -> dict[str, float]:
+    """The sensitivities' SDs every preset inherits from axicel.yaml."""
+    from vpop.run.config import load_config
+
+    omega = load_config("axicel").population.omega
+    return {k: float(omega[k]) for k in SENSITIVITIES}
+
+
+def scale_prior_centre(sds: dict[str, float]) -> np.ndarray:
+    """(N_SCALES,) the log variability scale, relative to `sds`, that puts each group at VARIABILITY_ANCHOR
+    (a group's SDs move together, so any of its sensitivities gives the same value; the mean is taken)."""
+    return np.asarray([np.mean([np.log(VARIABILITY_ANCHOR[k] / sds[k]) for k in names]) for _, names in VARIABILITY])
 
 
 def timing_labels(rows: list[TimingTarget]) -> str:
@@ -338,6 +362,10 @@ class PosteriorData(NamedTuple):
     t_coef: object = None  # (timing rows, features)
     t_preset: object = None  # (timing rows,)
     t_sd: object = None  # (timing rows,) the published median's standard error and the emulator's, log scale
+    # the fixed priors' centres (log): the constants' shared typical values (3,) and the variability scales
+    # relative to the design's SDs (N_SCALES,); synthetic tables built around 0 keep the defaults
+    mu_prior: object = 0.0
+    scale_prior: object = 0.0
 
 
 def posterior_data(design: Design, emulator: Emulator, timing_emulator: Emulator | None = None) -> PosteriorData:
@@ -348,7 +376,9 @@ def posterior_data(design: Design, emulator: Emulator, timing_emulator: Emulator
     bounds = np.log([[TABLE[k].low, TABLE[k].high] for k in FREE])
     data = PosteriorData(jnp.asarray(emulator.coef), jnp.asarray(design.row_preset), jnp.asarray(design.centre),
                          jnp.asarray(design.half_width), jnp.asarray(design.effects),
-                         jnp.asarray([t.n for t in design.targets], jnp.float64), jnp.asarray(bounds))
+                         jnp.asarray([t.n for t in design.targets], jnp.float64), jnp.asarray(bounds),
+                         mu_prior=jnp.asarray(np.log([TABLE[k].value for k in FREE])),
+                         scale_prior=jnp.asarray(scale_prior_centre(design.sds or shipped_sds())))
     if timing_emulator is None or not len(design.timing):
         return data
     se = np.asarray([tt.log_se for tt in design.timing])
@@ -384,11 +414,12 @@ def model(data: PosteriorData, counts=None, log_medians=None):
     import numpyro.distributions as dist
 
     n_presets = data.centre.shape[0]
-    mu = numpyro.sample("mu", dist.Normal(jnp.mean(data.centre[:, :3], axis=0), 1.0).to_event(1))
+    mu = numpyro.sample("mu", dist.Normal(jnp.broadcast_to(data.mu_prior, (len(FREE),)), TYPICAL_PRIOR_SD).to_event(1))
     delta = numpyro.sample("delta", dist.Normal(0.0, 0.5).expand([len(EFFECTS), len(FREE)]).to_event(2))
     tau = numpyro.sample("tau", dist.HalfNormal(0.3).expand([len(FREE)]).to_event(1))
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([n_presets, len(FREE)]).to_event(2))
-    log_scale = numpyro.sample("log_iiv_scale", dist.Normal(0.0, jnp.asarray(VARIABILITY_PRIOR_SD)).to_event(1))
+    log_scale = numpyro.sample("log_iiv_scale", dist.Normal(jnp.broadcast_to(data.scale_prior, (N_SCALES,)),
+                                                            jnp.asarray(VARIABILITY_PRIOR_SD)).to_event(1))
     phi = numpyro.deterministic("phi", mu + data.effects @ delta + tau * z)
     logits, x = emulated_logits(data, phi, log_scale)
     # the emulator holds inside the design box only
