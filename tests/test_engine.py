@@ -194,3 +194,15 @@ def test_car_t_auc_is_the_trapezoid_of_the_charted_counts(default_config):
         want = np.trapezoid(o["car_t_cells_per_ul"].to_numpy(float), o["time_day"].to_numpy(float))
         assert want > 0
         np.testing.assert_allclose(pts.loc[pid, "auc_car_t_cells_per_ul_day"], want, rtol=1e-6)
+
+
+def test_organ_support_onset_is_the_first_charted_oxygen_or_vasopressor(default_config):
+    """The engine's running first day of oxygen or vasopressors equals the observation table's."""
+    res = cohort.simulate(_small(default_config), n=24, seed=7)
+    obs, pts = res.observations, res.patients.set_index("patient_id")
+    supported = obs[(obs["o2_device"].astype(str) != "none") | (obs["vasopressors"] > 0)]
+    first = supported.groupby("patient_id")["time_day"].min()
+    assert 3 <= len(first) < len(pts)  # some patients need support, some never do
+    np.testing.assert_allclose(pts.loc[first.index, "organ_support_onset_day"], first.to_numpy(float), atol=1e-6)
+    never = pts.index.difference(first.index)
+    assert pts.loc[never, "organ_support_onset_day"].isna().all()

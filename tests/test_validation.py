@@ -139,7 +139,7 @@ def card():
 FACTS = ("prophylactic dexamethasone", "cohort 4", "prophylactic tocilizumab on day 2", "prophylactic anakinra",
          "pre-emptive tocilizumab at persistent fever", "CAR-T dose within the studied range",
          "fewer than one CAR-T cell", "tumour burden, top vs bottom quartile", "tocilizumab for CRS",
-         "steroids", "ICANS >= 3: CRS first", "no CAR-T cells")
+         "steroids", "ICANS >= 3: CRS first", "oxygen or vasopressors: CRS first", "no CAR-T cells")
 
 
 @pytest.mark.slow
@@ -232,3 +232,11 @@ def test_score_rows_scores_every_row_of_the_table_by_its_kind():
     assert (auc.pub_low, auc.pub_high) == (76.4, 758.0) and auc.verdict in ("IN", "OUT")
     chop = rows[rows["cohort"].str.contains("early-fever") & (rows["endpoint"] == "crs_grade4")]
     assert set(chop["subset"]) == {"high_burden_early_fever"}
+
+
+def test_crs_first_counts_onsets_at_or_before_the_event_and_no_crs_as_a_miss():
+    p = pd.DataFrame({"_ok": [True, True, True, True, True, False],
+                      "crs_onset_day": [1.0, 2.0, 3.0, np.nan, 1.0, 9.0],
+                      "organ_support_onset_day": [2.0, 2.0, 2.5, 4.0, np.nan, 1.0]})
+    # before, same assessment, after, never CRS, never supported, failed solve
+    assert v.crs_first(p, "organ_support_onset_day") == (2, 4)

@@ -37,7 +37,7 @@ from vpop.model.spec import BASE, Model
 from vpop.policy import rules as policy_mod
 from vpop.observation import readouts
 from vpop.grading import astct
-from vpop.observation.encoding import DEATH_CAUSE, O2_CPAP
+from vpop.observation.encoding import DEATH_CAUSE, O2_CPAP, O2_NONE
 from vpop.grading.legacy import CRS_SCALES, NEURO_SCALES, grade_row
 from vpop.solver.etdrk import integrate_interval
 
@@ -253,6 +253,7 @@ class CourseState(NamedTuple):
     car_t_peak_day: Any  # time of the CAR-T peak (Tmax), day
     car_t_auc: Any  # area under the CAR-T blood count while alive (trapezoid on the assessment grid), cells/uL x day
     max_vasopressors: Any  # ICU-level support while alive, so endpoints need no observation table
+    organ_support_day: Any  # first assessment, while alive, with supplemental oxygen or a vasopressor (inf: never)
     positive_pressure: Any
     severity: tuple  # worst continuous signs over the course (SEVERITY_SIGNS)
 
@@ -306,6 +307,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
         car_t_peak_day=full(0.0),
         car_t_auc=full(0.0),
         max_vasopressors=full(0, jnp.int32),
+        organ_support_day=full(jnp.inf),
         positive_pressure=false,
         severity=tuple(full(-jnp.inf) for _ in SEVERITY_SIGNS),
     )
@@ -382,6 +384,8 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
                 0.0),
             max_vasopressors=jnp.where(row_alive, jnp.maximum(carry.max_vasopressors, row["vasopressors"]),
                                        carry.max_vasopressors),
+            organ_support_day=jnp.where(row_alive & ((row["o2_device"] > O2_NONE) | (row["vasopressors"] > 0)),
+                                        jnp.minimum(carry.organ_support_day, t), carry.organ_support_day),
             positive_pressure=carry.positive_pressure | (row_alive & (row["o2_device"] >= O2_CPAP)),
             severity=tuple(jnp.where(row_alive, jnp.maximum(old, new), old)
                            for old, new in zip(carry.severity, severity_signs(carry.worst, y, p))),
@@ -409,6 +413,7 @@ def simulate_patient(p, key, policy, settings: EngineSettings, schedule=None):
         "peak_car_t_day": final.car_t_peak_day,  # Tmax of CAR-T in blood (first assessment at the peak)
         "auc_car_t_cells_per_ul_day": final.car_t_auc,  # AUC of CAR-T in blood over the course (AUC0-28 by default)
         "max_vasopressors": final.max_vasopressors,
+        "organ_support_day": final.organ_support_day,
         "positive_pressure_ventilation": final.positive_pressure,
         **{f"worst_{name}": v for name, v in zip(SEVERITY_SIGNS, final.severity)},
         # doses of drugs an extended model adds (`Model.extend`), by dose name

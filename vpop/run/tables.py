@@ -60,6 +60,8 @@ def patient_table(ids, cov, rows, summ, settings) -> pd.DataFrame:
     df["steroids_given"] = (summ["dexamethasone_mg"] + summ["methylprednisolone_mg"]) > 0
     df["max_vasopressors"] = summ["max_vasopressors"].astype(np.int64)
     df["positive_pressure_ventilation"] = summ["positive_pressure_ventilation"].astype(bool)
+    support = summ["organ_support_day"].astype(np.float64)
+    df["organ_support_onset_day"] = np.where(np.isfinite(support), support, np.nan)
     for key, value in summ.items():
         if key.startswith(("peak_", "nadir_", "auc_")):
             df[key] = value.astype(np.float64)

@@ -635,7 +635,8 @@ def patient_outputs(config) -> set[str]:
 
     out = set(COVARIATES) | {"easix", "m_easix", "car_dose_per_kg", "ld_intensity", "death_day",
                              "tocilizumab_doses", "tocilizumab_mg", "dexamethasone_mg", "methylprednisolone_mg",
-                             "anakinra_mg", "peak_car_t_day", "auc_car_t_cells_per_ul_day", "solver_max_error"}
+                             "anakinra_mg", "peak_car_t_day", "auc_car_t_cells_per_ul_day", "organ_support_onset_day",
+                             "solver_max_error"}
     out |= {f"peak_{n}" for n in PEAK_BIOMARKERS} | {f"nadir_{n}" for n in NADIR_BIOMARKERS}
     scales = [("crs", s) for s in config.engine.crs_scales] + [("icans", s) for s in config.engine.neuro_scales]
     for kind, scale in scales:
