@@ -114,16 +114,19 @@ def docs_variability(text: str, sds: dict[str, float]) -> str:
 
 def render(design, emulator, timing_emulator, post, cov, args, seconds) -> str:
     q = lambda a, p: float(np.quantile(a, p))  # noqa: E731
+    table_rows = [t for t in design.targets if t.row > 0]
     out = [GENERATED, "",
            f"Generated {time.strftime('%Y-%m-%d')} by `python scripts/calibrate_joint.py {' '.join(sys.argv[1:])}` "
            f"(jax {jax.__version__}; {sum(len(v) for v in design.x.values()) // len(design.presets)} design points "
            f"per preset x {args.n} virtual patients per arm, common random numbers; NUTS {args.chains} x "
            f"({args.warmup} + {args.draws}); {seconds / 60:.0f} min in all, {design.seconds / 60:.0f} of them "
            "for the engine design).", "",
-           f"Rows fitted: {len(design.targets)} rate rows of `published_cohorts.csv` "
-           f"({len(set(t.cohort for t in design.targets))} cohorts), graded rates and drug use alike, each "
+           f"Rows fitted: {len(table_rows)} rate rows of `published_cohorts.csv` "
+           f"({len(set(t.cohort for t in table_rows))} cohorts), graded rates and drug use alike, each "
            "under its own trial's policy and scale (docs/validation.md lists the cohort -> preset/policy map), "
-           f"and {len(design.timing)} timing medians (below)."
+           f"{len(design.timing)} timing medians (below), and {len(design.targets) - len(table_rows)} constraint "
+           f"rows (`{jc.CONSTRAINT_ENDPOINT}`, {jc.PSEUDO_N} of {jc.PSEUDO_N} on each preset's main trial: every "
+           "patient on oxygen or vasopressors has had CRS first; docs/calibration.md)."
            + (f" Left out, their event having a median at too few design points to fit a surface: "
               f"{jc.timing_labels(design.timing_left_out)}." if design.timing_left_out else ""),
            "", "## Posterior: each preset's constants", "",
@@ -253,7 +256,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(text)
         return 0
-    cohorts = ", ".join(sorted({t.cohort for t in design.targets}))
+    cohorts = ", ".join(sorted({t.cohort for t in design.targets if t.row > 0}))
     for preset in design.presets:
         path = CONFIGS / f"{preset}.yaml"
         path.write_text(with_block(path.read_text(), post.values(preset),

@@ -296,3 +296,20 @@ def test_with_uninformative_rows_the_scales_follow_their_fixed_prior():
     want = [truncnorm.median((-h - c) / s, (h - c) / s, loc=c, scale=s) for h, c, s in zip(half, centre, sd)]
     np.testing.assert_allclose(np.median(post.log_iiv_scale, axis=0), want, atol=0.05)
     assert want[0] > 0.15 and want[1] < -0.3  # far enough from 0 for the check to tell the priors apart
+
+
+def test_the_constraint_rows_ask_every_preset_for_support_after_crs():
+    """One pseudo-row per preset on its main trial, after the table's rows, counted as the scorecard's fact."""
+    import pandas as pd
+
+    from vpop.data import published_cohorts_path
+    from vpop.trials.validation import COHORTS, rate_count
+
+    targets = jc.calibration_targets(published_cohorts_path())
+    cons = [t for t in targets if t.endpoint == jc.CONSTRAINT_ENDPOINT]
+    assert targets[-len(cons):] == cons and [t.cohort for t in cons] == list(jc.CONSTRAINT_COHORTS)
+    assert all(t.row < 0 and t.count == t.n == jc.PSEUDO_N for t in cons)
+    assert {COHORTS[c].product for c in jc.CONSTRAINT_COHORTS} == {COHORTS[t.cohort].product for t in targets}
+    pts = pd.DataFrame({"_ok": [True] * 5, "crs_onset_day": [1.0, 2.0, 3.0, np.nan, 1.0],
+                        "organ_support_onset_day": [2.0, 2.0, 2.5, 4.0, np.nan]})
+    assert rate_count(cons[0], pts) == (2, 4)

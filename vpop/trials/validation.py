@@ -345,6 +345,8 @@ def cohort_patients(t: Target, runner: Runner) -> pd.DataFrame | None:
 
 def rate_count(t: Target, pts: pd.DataFrame) -> tuple[int, int]:
     """(events, patients) of a rate row among the scored virtual patients."""
+    if t.endpoint == "organ_support_preceded_by_crs":  # a constraint of the joint calibration, not a table row
+        return crs_first(pts, "organ_support_onset_day")
     if t.endpoint == "neuro_grade3plus_preceded_by_crs":
         from vpop.fitting.cohort_tables import SCALE_COLUMNS
 
