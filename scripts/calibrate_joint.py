@@ -114,7 +114,7 @@ def docs_variability(text: str, sds: dict[str, float]) -> str:
 
 def render(design, emulator, timing_emulator, post, cov, args, seconds) -> str:
     q = lambda a, p: float(np.quantile(a, p))  # noqa: E731
-    table_rows = [t for t in design.targets if t.row > 0]
+    table_rows = [t for t in design.targets if not jc.is_constraint(t)]
     out = [GENERATED, "",
            f"Generated {time.strftime('%Y-%m-%d')} by `python scripts/calibrate_joint.py {' '.join(sys.argv[1:])}` "
            f"(jax {jax.__version__}; {sum(len(v) for v in design.x.values()) // len(design.presets)} design points "
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(text)
         return 0
-    cohorts = ", ".join(sorted({t.cohort for t in design.targets if t.row > 0}))
+    cohorts = ", ".join(sorted({t.cohort for t in design.targets if not jc.is_constraint(t)}))
     for preset in design.presets:
         path = CONFIGS / f"{preset}.yaml"
         path.write_text(with_block(path.read_text(), post.values(preset),
@@ -265,10 +265,7 @@ def main(argv=None) -> int:
         write_posterior(preset, post)
     base = CONFIGS / "axicel.yaml"
     base.write_text(scale_variability(base.read_text(), post.iiv_scales()))
-    from vpop.run.config import load_config
-
-    shipped = load_config("axicel").population.omega
-    POPULATIONS.write_text(docs_variability(POPULATIONS.read_text(), {k: float(shipped[k]) for k in jc.SENSITIVITIES}))
+    POPULATIONS.write_text(docs_variability(POPULATIONS.read_text(), jc.shipped_sds()))
     head = DOC.read_text().split(GENERATED)[0] if DOC.exists() and GENERATED in DOC.read_text() else (
         DOC.read_text().split("<!-- GENERATED")[0] if DOC.exists() else "# Calibration\n\n")
     DOC.write_text(head.rstrip("\n") + "\n\n" + text)

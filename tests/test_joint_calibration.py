@@ -306,7 +306,7 @@ def test_the_constraint_rows_ask_every_preset_for_support_after_crs():
     from vpop.trials.validation import COHORTS, rate_count
 
     targets = jc.calibration_targets(published_cohorts_path())
-    cons = [t for t in targets if t.endpoint == jc.CONSTRAINT_ENDPOINT]
+    cons = [t for t in targets if jc.is_constraint(t)]
     assert targets[-len(cons):] == cons and [t.cohort for t in cons] == list(jc.CONSTRAINT_COHORTS)
     assert all(t.row < 0 and t.count == t.n == jc.PSEUDO_N for t in cons)
     assert {COHORTS[c].product for c in jc.CONSTRAINT_COHORTS} == {COHORTS[t.cohort].product for t in targets}

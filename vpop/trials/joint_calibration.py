@@ -102,6 +102,10 @@ CONSTRAINT_COHORTS = ("ZUMA-1", "JULIET", "TRANSCEND-NHL-001", "KarMMa", "CARTIT
 PSEUDO_N = 28
 
 
+def is_constraint(t: Target) -> bool:
+    return t.endpoint == CONSTRAINT_ENDPOINT
+
+
 def constraint_targets() -> list[Target]:
     """The constraint rows: negative row numbers, so they never collide with the table's."""
     return [Target(cohort, "astct", CONSTRAINT_ENDPOINT, PSEUDO_N, 1.0, "fraction", -(i + 1))
