@@ -118,3 +118,25 @@ def test_the_variability_table_quotes_the_sds_the_base_preset_ships():
         cells = re.findall(rf"^\| {name} \| ([-+.\deE]+) \|", text, re.M)
         assert cells, f"docs/populations.md has no variability row for {name}"
         assert float(cells[0]) == pytest.approx(float(sd), rel=1e-3), name
+
+
+def test_the_kinetics_table_quotes_each_presets_product_parameters():
+    """docs/populations.md §2's kinetics table gives each preset's CAR-T constants; it must be what the preset
+    loads (its own override, or the parameter table's value), so the page cannot drift from the files."""
+    from vpop.model.parameters import TABLE
+    from vpop.run.config import load_config
+
+    text = (DOCS / "populations.md").read_text()
+    header = re.search(r"^\| preset \| kinetics source \| (.+) \|$", text, re.M)
+    assert header, "docs/populations.md has no kinetics table"
+    names = [cell.split(" (")[0] for cell in header.group(1).split(" | ")]
+    rows = 0
+    for preset in ("axicel", "tisacel_dlbcl", "tisacel_ball", "lisocel", "idecel", "ciltacel"):
+        row = re.search(rf"^\| {preset} \| [^|]+ \| (.+) \|$", text, re.M)
+        assert row, f"docs/populations.md's kinetics table has no row for {preset}"
+        cfg = load_config(preset)
+        loaded = {**{k: TABLE[k].value for k in names}, **cfg.population.product_parameters, **cfg.parameters}
+        for name, cell in zip(names, row.group(1).split(" | "), strict=True):
+            assert float(cell) == pytest.approx(float(loaded[name]), rel=1e-6), (preset, name)
+        rows += 1
+    assert rows == 6

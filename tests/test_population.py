@@ -10,6 +10,7 @@ import yaml
 
 from vpop.run.config import load_config, shipped_config
 from vpop.errors import ConfigError, DataError
+from vpop.model.parameters import TABLE
 from vpop.population.sampler import COVARIATES, PopulationSampler, patient_keys
 
 PRESETS = ("axicel", "tisacel_dlbcl", "tisacel_ball", "lisocel", "idecel", "ciltacel")
@@ -117,6 +118,45 @@ def test_endothelial_sensitivity_reads_easix_at_the_reference_ldh_not_the_patien
     np.testing.assert_allclose(endo(creatinine=2.0), base * 2.0 ** 0.25, rtol=1e-5)
     np.testing.assert_allclose(endo(platelets0=2.0), base * 2.0 ** -0.25, rtol=1e-5)
     assert np.all(np.isfinite(base)) and np.all(base > 0)
+
+
+def _at_ages(ages):
+    """Parameters of the first sampled axi-cel patient given each age in turn (everything else fixed)."""
+    cfg = load_config(shipped_config("axicel.yaml"))
+    sampler = PopulationSampler(cfg.population, cfg.parameters)
+    keys = patient_keys(3, np.zeros(len(ages), int))
+    cov, _ = jax.vmap(sampler.individual)(keys)
+    given = {k: np.asarray(cov[k]) for k in (*COVARIATES, "female")}
+    given["age_years"] = np.asarray(ages, np.float32)
+    _, p = jax.vmap(sampler.individual_from_covariates)(keys, given)
+    return cfg, {k: np.asarray(v, np.float64) for k, v in p.items()}
+
+
+def test_a_childs_blood_pressure_and_hypotension_limits_follow_age():
+    """Normal MAP rises 1.6 mmHg a year up to 20 (Flynn 2017) and the hypotension limits fall 2 mmHg a year
+    under 10 (PALS): closed forms at 3, 10, 15, 20 and 60 years; adults are untouched."""
+    ages = np.array([3.0, 10.0, 15.0, 20.0, 60.0])
+    cfg, p = _at_ages(ages)
+    adult = TABLE["map_baseline"].value
+    np.testing.assert_allclose(p["map_baseline"], adult - 1.6 * np.maximum(20.0 - ages, 0.0), atol=1e-4)
+    np.testing.assert_allclose(p["map_age_shift"], -2.0 * np.maximum(10.0 - ages, 0.0), atol=1e-5)
+    np.testing.assert_allclose(p["map_baseline"][[0, -1]], [adult - 27.2, adult], atol=1e-4)
+
+
+def test_no_child_or_adult_is_hypotensive_at_rest_and_a_child_needs_pressors_sooner():
+    """At rest (MAP at its baseline) no age from 1 to 80 reads hypotension; the same fall in MAP that an adult
+    meets with fluids puts a 12-year-old on a vasopressor, because the child starts lower against the same
+    PALS limit (SBP < 90 from 10 years)."""
+    from vpop.observation import readouts
+
+    ages = np.arange(1.0, 81.0)
+    _, p = _at_ages(ages)
+    hypotension, pressors, _, _ = readouts.haemodynamics(p["map_baseline"], p)
+    assert not np.any(np.asarray(hypotension)) and not np.any(np.asarray(pressors))
+    _, q = _at_ages(np.array([12.0, 40.0]))
+    fall = 20.0  # mmHg
+    _, pressors, _, _ = readouts.haemodynamics(q["map_baseline"] - fall, q)
+    assert list(np.asarray(pressors)) == [1, 0]
 
 
 # --- patient tables ------------------------------------------------------------------
@@ -241,7 +281,7 @@ def test_cd28_preset_has_earlier_crs_and_expansion_than_ciltacel(tmp_path):
 # --- parameters shared by every patient (the engine takes them as scalars) ----------
 
 
-@pytest.mark.parametrize("preset", ["axicel", "ciltacel"])
+@pytest.mark.parametrize("preset", ["axicel", "ciltacel", "tisacel_ball"])
 def test_shared_parameters_are_exactly_those_equal_for_every_sampled_patient(preset):
     """The traced dependency walk names a parameter shared iff no two of 500 sampled patients differ in it
     (a flat-dose product, cilta-cel, also makes the dose per kg individual)."""
@@ -249,7 +289,11 @@ def test_shared_parameters_are_exactly_those_equal_for_every_sampled_patient(pre
     sampler = PopulationSampler(cfg.population, cfg.parameters)
     _, p = jax.jit(jax.vmap(sampler.individual))(patient_keys(5, np.arange(500)))
     equal = {k for k, v in p.items() if np.ptp(np.asarray(v)) == 0}
-    assert set(sampler.shared_parameters()) == equal
+    shared = set(sampler.shared_parameters())
+    assert shared <= equal  # never call shared what differs between patients
+    # Read from age but flat from 20 years (a child's blood pressure): equal within an all-adult population.
+    plateau = {"map_baseline", "map_age_shift"}
+    assert equal - shared == (plateau if p["age_years"].min() >= 20.0 else set())
     assert {"cytokine_sensitivity", "tumor_burden", "weight_kg"}.isdisjoint(equal)
 
 

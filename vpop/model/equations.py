@@ -265,8 +265,8 @@ def production_loss(t, y, p):
     P_nfl = p["nfl_clearance"] * p["nfl0"] + p["nfl_release"] * s["neuro"]
 
     # Organ injury accumulators (no loss).
-    P_hypo = _relu(p["map_perfusion_threshold"] - g["map_mmhg"]) / 10.0
-    P_shock = _relu(p["map_death_threshold"] - g["map_mmhg"]) / 10.0 + 10.0 * _relu(g["fio2_need"] - p["fio2_death"])
+    P_hypo = _relu(p["map_perfusion_threshold"] + p["map_age_shift"] - g["map_mmhg"]) / 10.0
+    P_shock = _relu(p["map_death_threshold"] + p["map_age_shift"] - g["map_mmhg"]) / 10.0 + 10.0 * _relu(g["fio2_need"] - p["fio2_death"])
 
     # Drugs.
     toci_conc = g["toci_ugml"]

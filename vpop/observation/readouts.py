@@ -50,10 +50,12 @@ def interval_signs(t, y, p):
 
 def haemodynamics(map_min, p):
     """Support needed to hold MAP >= 65 mmHg, from the lowest unsupported MAP."""
-    hypotension = map_min < p["map_fluids"]
-    pressors = jnp.where(map_min < p["map_two_pressors"], 2, jnp.where(map_min < p["map_one_pressor"], 1, 0))
-    vasopressin = map_min < p["map_vasopressin"]
-    ne_dose = jnp.where(pressors > 0, p["ne_per_mmhg"] * jnp.maximum(70.0 - map_min, 0.0), 0.0)
+    # A child's limits sit `map_age_shift` below the adult's (vpop.population.sampler.parameters_of).
+    shift = p["map_age_shift"]
+    hypotension = map_min < p["map_fluids"] + shift
+    pressors = jnp.where(map_min < p["map_two_pressors"] + shift, 2, jnp.where(map_min < p["map_one_pressor"] + shift, 1, 0))
+    vasopressin = map_min < p["map_vasopressin"] + shift
+    ne_dose = jnp.where(pressors > 0, p["ne_per_mmhg"] * jnp.maximum(p["map_fluids"] + shift - map_min, 0.0), 0.0)
     return hypotension, pressors.astype(jnp.int32), vasopressin, ne_dose
 
 

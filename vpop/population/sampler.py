@@ -213,6 +213,11 @@ class PopulationSampler:
         p["fibrinogen0"] = jnp.asarray(3.2, dtype=jnp.float32) * (cov["crp0"] / 5.0) ** 0.1
         # Reiber: upper reference of the albumin quotient is age/25 + 8 (x1e-3).
         p["qalb0"] = 0.65 * (cov["age_years"] / 25.0 + 8.0)
+        # Children's blood pressure: normal MAP rises about 1.6 mmHg a year to the adult value by 20 (Flynn 2017,
+        # 50th percentiles), while the hypotension limit (SBP < 70 + 2 x age) falls below the adult one only under 10
+        # (PALS; Mahadeo 2019), so a child starts nearer the point where fluids and vasopressors begin.
+        p["map_baseline"] = p["map_baseline"] - MAP_RISE_PER_YEAR * jnp.maximum(ADULT_MAP_AGE - cov["age_years"], 0.0)
+        p["map_age_shift"] = -PEDIATRIC_SBP_PER_YEAR * jnp.maximum(PEDIATRIC_SBP_AGE - cov["age_years"], 0.0)
         return p
 
 
@@ -227,6 +232,14 @@ def shared_outputs(fn, *args) -> tuple:
     flat = [not tracing.depends(dep, v) for v in jaxpr.outvars]
     shared = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(jax.eval_shape(fn, *args)), flat)
     return tuple(tuple(sorted(k for k, s in part.items() if s)) for part in shared)
+
+
+# Age and blood pressure (parameters_of): mmHg per year of normal MAP below the age it reaches the adult value, and
+# of the systolic hypotension limit below 10 years (PALS: SBP < 70 + 2 x age).
+MAP_RISE_PER_YEAR = 1.6
+ADULT_MAP_AGE = 20.0
+PEDIATRIC_SBP_PER_YEAR = 2.0
+PEDIATRIC_SBP_AGE = 10.0
 
 
 def easix(ldh, creatinine, platelets):
