@@ -178,7 +178,15 @@ def test_cohort4_gives_steroids_for_grade1_crs_lasting_three_days_and_grade1_neu
     assert all(d["dex_iv_mg"] == 0.0 for d in run_course(c12, [1] * 14))
     assert run_course(c4, [0], [1])[0]["dex_iv_mg"] == 10.0
     assert run_course(c12, [0], [2])[0]["dex_iv_mg"] == 0.0  # cohorts 1-2 wait for grade 3
-    assert run_course(c12, [0], [3])[0]["dex_iv_mg"] == 10.0
+    assert run_course(c4, [0], [1])[0]["dex_iv_mg"] == 10.0  # cohort 4 does not wait
+    # cohorts 1-2 (the NCI algorithm): grade 3 neurologic events lasting 24 h, or grade 4 at once
+    dex = [d["dex_iv_mg"] for d in run_course(c12, [0] * 6, [3] * 6)]
+    assert dex == [0.0] * 4 + [10.0, 10.0]  # from day 1.0, every 6 h while it lasts
+    assert run_course(c12, [0], [4])[0]["mp_mg"] == 250.0  # grade 4: methylprednisolone at once
+    # a run broken by a lower grade starts the 24 h again
+    dex = [d["dex_iv_mg"] for d in run_course(c12, [0] * 9, [3, 3, 3, 2, 3, 3, 3, 3, 3])]
+    assert dex == [0.0] * 8 + [10.0]
+    assert run_course(policy.with_overrides(c12, {"dex_icans_after_hours": 0.0}), [0], [3])[0]["dex_iv_mg"] == 10.0
     # cohort 4: tocilizumab at grade 1 lasting 24 h; cohorts 1-2 at grade 2 only
     assert [d["toci_mg"] > 0 for d in run_course(c4, [1] * 5)] == [False] * 4 + [True]
     assert not any(d["toci_mg"] > 0 for d in run_course(c12, [1] * 5))

@@ -165,28 +165,33 @@ class DexamethasoneState(NamedTuple):
     last: Any
     count: Any
     crs_since: Any = None  # start of the current run of CRS grade >= 1
+    icans_since: Any = None  # start of the current run of ICANS at or above the steroid trigger grade
 
 
 def _dex_init(dtype=jnp.float32, shape=()):
     return DexamethasoneState(jnp.full(shape, NEVER_GIVEN, dtype), jnp.zeros(shape, dtype),
-                              jnp.full(shape, NEVER_GIVEN, dtype))
+                              jnp.full(shape, NEVER_GIVEN, dtype), jnp.full(shape, NEVER_GIVEN, dtype))
 
 
 def _dex_update(s: PolicyArrays, state: DexamethasoneState, a: Assessment, doses):
-    """Dexamethasone for CRS >= 3, ICANS >= 2, CRS 2 with hypotension after tocilizumab, CRS grade 1 lasting
-    `dex_grade1_after_days`, or a biomarker."""
+    """Dexamethasone for CRS >= 3, ICANS >= 2 (lasting `dex_icans_after_hours`, or one grade higher at once),
+    CRS 2 with hypotension after tocilizumab, CRS grade 1 lasting `dex_grade1_after_days`, or a biomarker."""
     crs, icans = _grades(a)
     refractory = (crs >= 2.0) & a.hypotension & (a.toci_doses >= s.dex_crs2_after_toci_doses)
     crs_since = jnp.where(crs >= 1.0, jnp.where(state.crs_since < -1e8, a.t, state.crs_since), NEVER_GIVEN)
     persistent_g1 = (crs >= 1.0) & (a.t - crs_since >= s.dex_grade1_after_days - EPS)
+    at_trigger = icans >= s.dex_icans_trigger_grade
+    icans_since = jnp.where(at_trigger, jnp.where(state.icans_since < -1e8, a.t, state.icans_since), NEVER_GIVEN)
+    neuro = at_trigger & ((a.t - icans_since >= s.dex_icans_after_hours * HOUR - EPS)
+                          | (icans >= s.dex_icans_trigger_grade + 1.0))
     want = _window(a, s.steroid_from_day, s.steroid_until_day) & (
-        (crs >= s.dex_crs_trigger_grade) | (icans >= s.dex_icans_trigger_grade) | refractory | persistent_g1
+        (crs >= s.dex_crs_trigger_grade) | neuro | refractory | persistent_g1
         | _biomarker_hit(s, a, "dex"))
     give = (want & ~wants_methylprednisolone(s, a) & (a.t - state.last >= s.dex_interval_hours * HOUR - EPS)
             & (state.count < s.dex_max_doses))
     mg = jnp.where(give, s.dex_dose_mg, 0.0)
     return {**doses, "dex_iv_mg": mg}, DexamethasoneState(jnp.where(give, a.t, state.last), state.count + give,
-                                                          crs_since)
+                                                          crs_since, icans_since)
 
 
 dexamethasone = Rule(_dex_init, _dex_update)

@@ -76,6 +76,9 @@ class PolicySettings:
     dex_crs_trigger_grade: float = 3.0
     dex_crs2_after_toci_doses: float = 2.0  # CRS 2 persisting after this many tocilizumab doses
     dex_icans_trigger_grade: float = 2.0
+    # ICANS at the trigger grade must have lasted this long (one grade higher acts at once): the NCI algorithm
+    # of Lee 2014 gave dexamethasone for grade 3 neurotoxicity lasting 24 h or any grade 4; 0 = at once
+    dex_icans_after_hours: float = 0.0
     dex_dose_mg: float = 10.0
     dex_interval_hours: float = 6.0
     dex_max_doses: float = 1e9  # intravenous dexamethasone doses in all
@@ -126,9 +129,12 @@ def _era(name: str, **fields) -> PolicySettings:
 # ZUMA-1 cohorts 1-2 (Neelapu NEJM 2017; 2015-2017 protocol): Lee 2014 CRS and CTCAE neurologic-event grades;
 # tocilizumab at CRS grade >= 2 [M]; corticosteroids held until grade 3 CRS or neurologic events [V: Topp,
 # ASH 2019 report: steroids "instead of waiting until grade 3"]; no steroid step at CRS 2 after tocilizumab.
+# Neurologic events: dexamethasone for grade 3 lasting 24 h or any grade 4, the NCI algorithm (Lee 2014 [V])
+# that KTE-C19 brought from the NCI to ZUMA-1 [M] (27 % of ZUMA-1 got steroids, fewer than the 28 % with
+# neurologic events >= 3).
 ZUMA1_C12 = _era("zuma1_c12", crs_trigger_scale="lee2014", icans_trigger_scale="ctcae",
                  toci_trigger_grade=2.0, dex_crs_trigger_grade=3.0, dex_crs2_after_toci_doses=NEVER,
-                 dex_icans_trigger_grade=3.0)
+                 dex_icans_trigger_grade=3.0, dex_icans_after_hours=24.0)
 
 PRESETS: dict[str, PolicySettings] = {
     # ASCO 2021 (Santomasso, J Clin Oncol 2021;39:3978), ASTCT grades: the default of the current era [V].
@@ -153,11 +159,11 @@ PRESETS: dict[str, PolicySettings] = {
     # steroids and tocilizumab for CRS [V]: tocilizumab at CRS grade 1 lasting 24 h, dexamethasone at CRS
     # grade 1 lasting 3 days and from CRS grade 2 [M: the protocol's exact persistence times].
     "zuma1_c4": replace(ZUMA1_C12, name="zuma1_c4", toci_grade1_after_days=1.0, dex_grade1_after_days=3.0,
-                        dex_crs_trigger_grade=2.0, dex_icans_trigger_grade=1.0),
+                        dex_crs_trigger_grade=2.0, dex_icans_trigger_grade=1.0, dex_icans_after_hours=0.0),
     # ZUMA-1 cohort 6 (Oluwole, Br J Haematol 2021): oral dexamethasone 10 mg on days 0 (before axi-cel), 1
     # and 2, plus earlier corticosteroid and tocilizumab intervention [V] (taken as cohort 4's).
     "zuma1_c6": replace(ZUMA1_C12, name="zuma1_c6", toci_grade1_after_days=1.0, dex_grade1_after_days=3.0,
-                        dex_crs_trigger_grade=2.0, dex_icans_trigger_grade=1.0, prophylactic_dex_days=(0.0, 1.0, 2.0)),
+                        dex_crs_trigger_grade=2.0, dex_icans_trigger_grade=1.0, dex_icans_after_hours=0.0, prophylactic_dex_days=(0.0, 1.0, 2.0)),
     # Penn/CHOP algorithm of JULIET (Schuster NEJM 2019) and ELIANA (Maude NEJM 2018), Penn grades [V]:
     # tocilizumab for severe CRS (Penn grade >= 3) [M for the exact grade]; corticosteroids for CRS refractory
     # to tocilizumab (24 of 25 ELIANA/ENSIGN steroid patients also had tocilizumab [V: Levine JITC 2021]) or
