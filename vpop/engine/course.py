@@ -132,7 +132,7 @@ def _observe(t, y, worst, carry, p, key, k, settings: EngineSettings):
     map_min = -neg_map
     hypotension, pressors, vasopressin, ne_dose = readouts.haemodynamics(map_min, p)
     on_pressor = (pressors >= 1) | vasopressin
-    vaso_start = jnp.where(on_pressor, jnp.where(carry.vaso_start < -1e8, t, carry.vaso_start), -1e9)
+    vaso_start = policy_mod.run_start(on_pressor, carry.vaso_start, t)
     device, flow, fio2 = readouts.oxygen(fio2_need, p)
     items, ice, consciousness, motor, edema, capd = readouts.neurology(neuro_max, qalb_max, p)
     seizure = readouts.seizure(neuro_max, jnp.asarray(settings.dt, t.dtype), key, k, p)

@@ -266,7 +266,8 @@ def production_loss(t, y, p):
 
     # Organ injury accumulators (no loss).
     P_hypo = _relu(p["map_perfusion_threshold"] + p["map_age_shift"] - g["map_mmhg"]) / 10.0
-    P_shock = _relu(p["map_death_threshold"] + p["map_age_shift"] - g["map_mmhg"]) / 10.0 + 10.0 * _relu(g["fio2_need"] - p["fio2_death"])
+    P_shock = (_relu(p["map_death_threshold"] + p["map_age_shift"] - g["map_mmhg"]) / 10.0
+               + 10.0 * _relu(g["fio2_need"] - p["fio2_death"]))
 
     # Drugs.
     toci_conc = g["toci_ugml"]

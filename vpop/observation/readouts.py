@@ -53,7 +53,8 @@ def haemodynamics(map_min, p):
     # A child's limits sit `map_age_shift` below the adult's (vpop.population.sampler.parameters_of).
     shift = p["map_age_shift"]
     hypotension = map_min < p["map_fluids"] + shift
-    pressors = jnp.where(map_min < p["map_two_pressors"] + shift, 2, jnp.where(map_min < p["map_one_pressor"] + shift, 1, 0))
+    pressors = jnp.where(map_min < p["map_two_pressors"] + shift, 2,
+                         jnp.where(map_min < p["map_one_pressor"] + shift, 1, 0))
     vasopressin = map_min < p["map_vasopressin"] + shift
     ne_dose = jnp.where(pressors > 0, p["ne_per_mmhg"] * jnp.maximum(p["map_fluids"] + shift - map_min, 0.0), 0.0)
     return hypotension, pressors.astype(jnp.int32), vasopressin, ne_dose

@@ -43,6 +43,11 @@ EPS = 1e-6  # days: comparisons of times that are multiples of the assessment in
 NEVER_GIVEN = -1e9  # time of a dose never given
 
 
+def run_start(on, since, t):
+    """When the current run of `on` began: `since` carried on, `t` if it starts now, NEVER_GIVEN once it ends."""
+    return jnp.where(on, jnp.where(since < -1e8, t, since), NEVER_GIVEN)
+
+
 class Assessment(NamedTuple):
     """What a rule sees at one assessment (after grading, before this assessment's doses)."""
 
@@ -115,7 +120,7 @@ def _toci_update(s: PolicyArrays, state: TocilizumabState, a: Assessment, doses)
     label's dose limits (8 mg/kg, max 800 mg)."""
     crs, _ = _grades(a)
     t = a.t
-    crs_since = jnp.where(crs >= 1.0, jnp.where(state.crs_since < -1e8, t, state.crs_since), NEVER_GIVEN)
+    crs_since = run_start(crs >= 1.0, state.crs_since, t)
     in_24h = jnp.sum(state.times > t - 24.0 * HOUR + EPS, axis=0)
     since_last = t - jnp.max(state.times, axis=0)
     persistent_g1 = (crs >= 1.0) & (t - crs_since >= s.toci_grade1_after_days - EPS)
@@ -178,10 +183,10 @@ def _dex_update(s: PolicyArrays, state: DexamethasoneState, a: Assessment, doses
     CRS 2 with hypotension after tocilizumab, CRS grade 1 lasting `dex_grade1_after_days`, or a biomarker."""
     crs, icans = _grades(a)
     refractory = (crs >= 2.0) & a.hypotension & (a.toci_doses >= s.dex_crs2_after_toci_doses)
-    crs_since = jnp.where(crs >= 1.0, jnp.where(state.crs_since < -1e8, a.t, state.crs_since), NEVER_GIVEN)
+    crs_since = run_start(crs >= 1.0, state.crs_since, a.t)
     persistent_g1 = (crs >= 1.0) & (a.t - crs_since >= s.dex_grade1_after_days - EPS)
     at_trigger = icans >= s.dex_icans_trigger_grade
-    icans_since = jnp.where(at_trigger, jnp.where(state.icans_since < -1e8, a.t, state.icans_since), NEVER_GIVEN)
+    icans_since = run_start(at_trigger, state.icans_since, a.t)
     neuro = at_trigger & ((a.t - icans_since >= s.dex_icans_after_hours * HOUR - EPS)
                           | (icans >= s.dex_icans_trigger_grade + 1.0))
     want = _window(a, s.steroid_from_day, s.steroid_until_day) & (

@@ -163,7 +163,8 @@ PRESETS: dict[str, PolicySettings] = {
     # ZUMA-1 cohort 6 (Oluwole, Br J Haematol 2021): oral dexamethasone 10 mg on days 0 (before axi-cel), 1
     # and 2, plus earlier corticosteroid and tocilizumab intervention [V] (taken as cohort 4's).
     "zuma1_c6": replace(ZUMA1_C12, name="zuma1_c6", toci_grade1_after_days=1.0, dex_grade1_after_days=3.0,
-                        dex_crs_trigger_grade=2.0, dex_icans_trigger_grade=1.0, dex_icans_after_hours=0.0, prophylactic_dex_days=(0.0, 1.0, 2.0)),
+                        dex_crs_trigger_grade=2.0, dex_icans_trigger_grade=1.0, dex_icans_after_hours=0.0,
+                        prophylactic_dex_days=(0.0, 1.0, 2.0)),
     # Penn/CHOP algorithm of JULIET (Schuster NEJM 2019) and ELIANA (Maude NEJM 2018), Penn grades [V]:
     # tocilizumab for severe CRS (Penn grade >= 3) [M for the exact grade]; corticosteroids for CRS refractory
     # to tocilizumab (24 of 25 ELIANA/ENSIGN steroid patients also had tocilizumab [V: Levine JITC 2021]) or
