@@ -332,3 +332,68 @@ def test_no_car_t_whole_population_stays_at_rest(preset):
     worst = np.abs(path - want[None]).max(axis=(0, 2))
     assert not drifting.any(), (f"{drifting.sum()} of 256 patients leave rest; largest deviation by state: "
                                 f"{ {n: float(w) for n, w in zip(model.STATE_NAMES, worst) if w > 0} }")
+
+
+# ---------------------------------------------------------------- capillary leak
+
+def _leak_rate_of_change(pi, endothelium, leak):
+    """dL/dt from the model's own production and loss, at a given endothelial activation and leak."""
+    y = model.initial_state(pi)
+    y = y.at[model.IDX["endothelium"]].set(endothelium).at[model.IDX["leak"]].set(leak)
+    production, loss = model.production_loss(0.0, y, pi)
+    i = model.IDX["leak"]
+    return float(production[i] - loss[i] * y[i])
+
+
+@pytest.mark.parametrize("endothelium", [0.6, 0.8])
+def test_leak_settles_where_the_eroded_oncotic_gradient_balances_it(patients, endothelium):
+    """Held at activation e, leak L obeys dL/dt = r e^2 - R g(L) L with the oncotic gradient
+    g(L) = (1 - a L - f) / (1 - f) (a: albumin lost per unit leak, f: interstitial share). That is the
+    quadratic R L (1 - k L) = r e^2, k = a / (1 - f), whose smaller root is the stable steady state
+    L* = (1 - sqrt(1 - 4 k r e^2 / R)) / (2 k): above r e^2 / R, where a constant resorption would stop."""
+    p, _ = patients
+    pi = one(p, 1)
+    r, big_r = float(pi["leak_rate"]), float(pi["leak_return"])
+    a, f = float(pi["albumin_loss_per_leak"]), float(pi["interstitial_oncotic_fraction"])
+    k = a / (1.0 - f)
+    drive = r * endothelium ** 2 / big_r
+    settled = (1.0 - np.sqrt(1.0 - 4.0 * k * drive)) / (2.0 * k)
+    assert settled > drive * 1.05  # the feedback matters at these activations
+    scale = r * endothelium ** 2
+    assert abs(_leak_rate_of_change(pi, endothelium, settled)) < 1e-9 * scale
+    assert _leak_rate_of_change(pi, endothelium, drive) > 0.0  # still rising where constant resorption stops
+    assert _leak_rate_of_change(pi, endothelium, 0.9 * settled) > 0.0  # and stable: pushed back from either side
+    assert _leak_rate_of_change(pi, endothelium, 1.1 * settled) < 0.0
+
+
+def test_serum_albumin_and_the_oncotic_gradient_fall_with_leak_in_closed_form(patients):
+    """Serum albumin 40 (1 - a min(L, 1)) g/L; the gradient (1 - a L - f) / (1 - f): 1 at rest, 0.3 at full
+    leak with the shipped a = 0.35 and f = 0.5 (the lung's 14 of 28 mmHg)."""
+    p, _ = patients
+    pi = one(p, 1)
+    a, f = float(pi["albumin_loss_per_leak"]), float(pi["interstitial_oncotic_fraction"])
+    assert (a, f) == pytest.approx((0.35, 0.5), rel=1e-6)
+    for leak in (0.0, 0.25, 0.5, 1.0, 1.5):
+        y = model.initial_state(pi).at[model.IDX["leak"]].set(leak)
+        albumin = float(readouts.biomarkers(y, pi)["serum_albumin_g_l"])
+        assert albumin == pytest.approx(40.0 * (1.0 - a * min(leak, 1.0)), rel=1e-12)
+        gradient = float(model.oncotic_gradient(jnp.asarray(leak, jnp.float64), pi))
+        assert gradient == pytest.approx((1.0 - a * min(leak, 1.0) - f) / (1.0 - f), rel=1e-12)
+    assert float(model.oncotic_gradient(jnp.asarray(1.0, jnp.float64), pi)) == pytest.approx(0.3, rel=1e-6)
+
+
+def test_past_the_tipping_point_leak_runs_on_to_the_full_leak_balance(patients):
+    """When 4 k r e^2 / R > 1 the quadratic has no root: resorption can never catch up below full leak, and leak
+    runs on to where the gradient stops falling (L >= 1, g = g(1)) and settles at L = r e^2 / (R g(1)). This is
+    the point of no return of a severe leak (here at full activation and a leak rate of 0.5 per day)."""
+    p, _ = patients
+    pi = dict(one(p, 1), leak_rate=jnp.asarray(0.5, jnp.float64))
+    r, big_r = float(pi["leak_rate"]), float(pi["leak_return"])
+    k = float(pi["albumin_loss_per_leak"]) / (1.0 - float(pi["interstitial_oncotic_fraction"]))
+    assert 4.0 * k * r / big_r > 1.0
+    for leak in np.linspace(0.0, 1.0, 21):
+        assert _leak_rate_of_change(pi, 1.0, leak) > 0.0
+    g1 = float(model.oncotic_gradient(jnp.asarray(1.0, jnp.float64), pi))
+    settled = r / (big_r * g1)
+    assert settled > 1.0
+    assert abs(_leak_rate_of_change(pi, 1.0, settled)) < 1e-6 * r

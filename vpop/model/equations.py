@@ -76,6 +76,22 @@ def drug_levels(y, p):
     return toci_ugml, toci_block, dex_ngml, dex_inh, anakinra_pgml
 
 
+def albumin_fraction(leak, p):
+    """Serum albumin relative to normal: it falls with capillary leak (read-out and oncotic gradient)."""
+    return 1.0 - p["albumin_loss_per_leak"] * jnp.minimum(leak, 1.0)
+
+
+def oncotic_gradient(leak, p):
+    """Plasma-to-interstitial colloid osmotic gradient relative to normal (1 at rest).
+
+    The plasma side falls with serum albumin; the interstitial side, a fraction
+    `interstitial_oncotic_fraction` of the plasma's at rest, stays. With the lung's 14 of 28 mmHg the
+    gradient falls twice as fast as albumin: to 0.3 of normal at full leak.
+    """
+    f = p["interstitial_oncotic_fraction"]
+    return _relu(albumin_fraction(leak, p) - f) / (1.0 - f)
+
+
 def signals(y, p):
     """Algebraic quantities shared by the equations and the read-outs."""
     s = {name: y[i] for name, i in IDX.items()}
@@ -223,6 +239,10 @@ def production_loss(t, y, p):
     P_ang2 = p["ang2_clearance"] * (p["ang2_0"] + p["ang2_release"] * e)
     P_vwf = p["vwf_clearance"] * (p["vwf_0"] + p["vwf_release"] * e)
     P_leak = p["leak_rate"] * e2
+    # Leaked plasma returns down the oncotic gradient, which the leak itself erodes (Starling): plasma albumin
+    # falls while the interstitial pressure stays, so resorption slows as leak grows and a severe leak feeds
+    # itself (oncotic_gradient).
+    D_leak = p["leak_return"] * oncotic_gradient(s["leak"], p)
 
     # Acute phase and coagulation.
     P_crp = p["crp_clearance"] * (p["crp0"] + p["crp_max"] * g["hepatic_il6"])
@@ -295,7 +315,7 @@ def production_loss(t, y, p):
         "car_first_activation": 1.0 / p["car_first_activation_days"], "antigen": D_ag, "myeloid": D_my,
         "ifng": p["ifng_clearance"], "gmcsf": p["gmcsf_clearance"], "tnf": p["tnf_clearance"],
         "il1": p["il1_clearance"], "il1ra": p["il1ra_clearance"], "il6": D_il6, "il10": p["il10_clearance"],
-        "endothelium": D_endo, "ang2": p["ang2_clearance"], "vwf": p["vwf_clearance"], "leak": p["leak_return"],
+        "endothelium": D_endo, "ang2": p["ang2_clearance"], "vwf": p["vwf_clearance"], "leak": D_leak,
         "crp": p["crp_clearance"], "ferritin": p["ferritin_clearance"], "fibrinogen": D_fib,
         "ddimer": p["ddimer_clearance"], "platelets": D_plt,
         "qalb": p["qalb_relaxation"], "csf_il6": p["csf_turnover"], "glia": D_glia, "neuro": p["neuro_recovery"],

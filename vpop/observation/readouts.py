@@ -130,7 +130,7 @@ def biomarkers(y, p):
     s = g["s"]
     # CSF albumin = Q x serum albumin; serum albumin falls with capillary leak;
     # albumin is ~60 % of CSF protein.
-    serum_albumin = 40.0 * (1.0 - 0.35 * jnp.minimum(s["leak"], 1.0))
+    serum_albumin = 40.0 * model.albumin_fraction(s["leak"], p)
     csf_albumin = s["qalb"] * 1e-3 * serum_albumin * 1000.0
     return {
         "car_t_cells_per_ul": s["car_effector"] + s["car_memory"],
