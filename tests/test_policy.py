@@ -61,6 +61,23 @@ def test_null_switches_off_the_crs2_after_tocilizumab_steroid_rule():
     assert float(policy.STANDARD.update(on, policy.STANDARD.init(jnp.float64), a, {})[0]["dex_iv_mg"]) == 10.0
 
 
+def test_penn_chop_gives_steroids_for_severe_crs_refractory_to_tocilizumab_not_for_any_grade_2():
+    """Penn/CHOP: steroids for CRS still severe (Penn >= 3) with hypotension after two tocilizumab doses;
+    ASCO 2021 already at grade 2. Penn grade 2 is any hospitalisation for CRS, so ASCO's step read under
+    Penn gave steroids to nearly every child who had tocilizumab."""
+    def dex(settings, crs):
+        s = settings.to_arrays(jnp.float64)
+        a = policy.Assessment(jnp.asarray(2.0, jnp.float64), jnp.asarray(crs), jnp.asarray(0), jnp.asarray(True),
+                              jnp.asarray(40.0, jnp.float64), QUIET, jnp.asarray(2))
+        return float(policy.STANDARD.update(s, policy.STANDARD.init(jnp.float64), a, {})[0]["dex_iv_mg"])
+
+    penn, asco = policy.PRESETS["penn_chop"], policy.PRESETS["asco2021"]
+    assert dex(penn, 2) == 0.0 and dex(penn, 3) == 10.0
+    assert dex(asco, 2) == 10.0
+    assert dex(policy.PRESETS["chop_preemptive_toci"], 2) == 0.0
+    assert dex(policy.with_overrides(penn, {"dex_refractory_grade": 2.0}), 2) == 10.0
+
+
 def test_biomarker_threshold_triggers_preemptive_tocilizumab():
     pre = resolve_policy({"preset": "asco2021", "name": "il6 pre-emptive", "toci_il6_trigger_pg_ml": 1000})
     doses, _ = decide(pre, 1.0, crs=1, bio={**QUIET, "il6_pg_ml": 1500.0})

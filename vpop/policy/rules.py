@@ -180,9 +180,9 @@ def _dex_init(dtype=jnp.float32, shape=()):
 
 def _dex_update(s: PolicyArrays, state: DexamethasoneState, a: Assessment, doses):
     """Dexamethasone for CRS >= 3, ICANS >= 2 (lasting `dex_icans_after_hours`, or one grade higher at once),
-    CRS 2 with hypotension after tocilizumab, CRS grade 1 lasting `dex_grade1_after_days`, or a biomarker."""
+    CRS at `dex_refractory_grade` (2) with hypotension after tocilizumab, CRS grade 1 lasting `dex_grade1_after_days`, or a biomarker."""
     crs, icans = _grades(a)
-    refractory = (crs >= 2.0) & a.hypotension & (a.toci_doses >= s.dex_crs2_after_toci_doses)
+    refractory = (crs >= s.dex_refractory_grade) & a.hypotension & (a.toci_doses >= s.dex_crs2_after_toci_doses)
     crs_since = run_start(crs >= 1.0, state.crs_since, a.t)
     persistent_g1 = (crs >= 1.0) & (a.t - crs_since >= s.dex_grade1_after_days - EPS)
     at_trigger = icans >= s.dex_icans_trigger_grade

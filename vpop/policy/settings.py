@@ -75,6 +75,9 @@ class PolicySettings:
     # dexamethasone
     dex_crs_trigger_grade: float = 3.0
     dex_crs2_after_toci_doses: float = 2.0  # CRS 2 persisting after this many tocilizumab doses
+    # the CRS grade that counts as refractory then (with hypotension): ASCO 2021's 2; a protocol that gives
+    # steroids for severe CRS refractory to tocilizumab (Penn/CHOP) names its tocilizumab grade
+    dex_refractory_grade: float = 2.0
     dex_icans_trigger_grade: float = 2.0
     # ICANS at the trigger grade must have lasted this long (one grade higher acts at once): the NCI algorithm
     # of Lee 2014 gave dexamethasone for grade 3 neurotoxicity lasting 24 h or any grade 4; 0 = at once
@@ -170,13 +173,15 @@ PRESETS: dict[str, PolicySettings] = {
     # to tocilizumab (24 of 25 ELIANA/ENSIGN steroid patients also had tocilizumab [V: Levine JITC 2021]) or
     # life-threatening (grade 4); CTCAE neurologic events >= 3 [M].
     "penn_chop": _era("penn_chop", crs_trigger_scale="penn", icans_trigger_scale="ctcae", toci_trigger_grade=3.0,
-                      dex_crs_trigger_grade=4.0, dex_icans_trigger_grade=3.0, mp_crs_trigger_grade=NEVER),
+                      dex_crs_trigger_grade=4.0, dex_refractory_grade=3.0, dex_icans_trigger_grade=3.0,
+                      mp_crs_trigger_grade=NEVER),
     # CHOP pre-emptive tocilizumab in high-burden B-ALL (Kadauke, ASH 2020; NCT02906371) [V]: the Penn/CHOP
     # algorithm plus tocilizumab at persistent fever (two temperatures >= 38.5 C in 24 h: here two febrile
     # assessments in 24 h, fever being >= 38.0 C on the grades the rules read).
     "chop_preemptive_toci": _era("chop_preemptive_toci", crs_trigger_scale="penn", icans_trigger_scale="ctcae",
-                                 toci_trigger_grade=3.0, dex_crs_trigger_grade=4.0, dex_icans_trigger_grade=3.0,
-                                 mp_crs_trigger_grade=NEVER, toci_fever_assessments_in_24h=2.0),
+                                 toci_trigger_grade=3.0, dex_crs_trigger_grade=4.0, dex_refractory_grade=3.0,
+                                 dex_icans_trigger_grade=3.0, mp_crs_trigger_grade=NEVER,
+                                 toci_fever_assessments_in_24h=2.0),
     # TRANSCEND NHL 001 (Abramson Lancet 2020; 2016-2019), Lee 2014 and CTCAE: tocilizumab and/or steroids
     # for CRS grade >= 2, steroids for neurologic events grade >= 2 [M]; toci 20%, steroids 21% reported [V].
     "transcend": _era("transcend", crs_trigger_scale="lee2014", icans_trigger_scale="ctcae", toci_trigger_grade=2.0,
