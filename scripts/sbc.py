@@ -170,10 +170,13 @@ def fit(method, problem, a, seed):
         return laplace.run_laplace(problem, seed=seed, random_effects="joint")
     if method == "svi":
         return infer.run_svi(problem, steps=a.steps, seed=seed, guide="mvn")
+    if method == "svi-laplace":  # full rank, started at the integrated Laplace approximation
+        return infer.run_svi(problem, steps=a.steps, seed=seed, guide="mvn",
+                             start=laplace.integrated_normal(problem, seed=seed))
     if method == "nuts":
         return infer.run_nuts(problem, chains=a.chains, warmup=a.warmup, draws=a.draws, seed=seed,
                               parameterisation=a.parameterisation, progress=False)
-    raise SystemExit(f"--methods: unknown method {method!r}; use laplace, laplace-joint, svi, nuts")
+    raise SystemExit(f"--methods: unknown method {method!r}; use laplace, laplace-joint, svi, svi-laplace, nuts")
 
 
 def nuts_stats(res) -> dict:

@@ -237,3 +237,39 @@ def test_nuts_laplace_start_uses_the_laplace_covariance_as_its_mass_matrix(defau
         assert mass.shape == (2, *approx["covariance"].shape)  # one per chain, dense
         same = np.allclose(mass, approx["covariance"][None], rtol=1e-6, atol=1e-12)
         assert same != adapt, adapt
+
+
+@pytest.mark.slow
+def test_svi_started_at_laplace_begins_at_its_mode_and_covariance(default_config):
+    """`start=laplace.integrated_normal(...)`: the full-rank guide's first Gaussian is the integrated Laplace
+    normal (after one step of a vanishing learning rate its draws have the Laplace mode as mean and its SDs),
+    the mode is the one `run_laplace` reports, and a start of another flat layout (the centred eta) is refused."""
+    problem, _ = _problem(default_config, 6, [1, 2, 3, 5, 7])
+    start = laplace.integrated_normal(problem)
+    centre, cov, layout, info = start
+    fit = laplace.run_laplace(problem)
+    sl = dict(zip([k for k, _ in layout.spec], np.cumsum([0] + [int(np.prod(s)) for _, s in layout.spec])))
+    lt = slice(sl["log_theta"], sl["log_theta"] + len(FREE))
+    np.testing.assert_allclose(np.exp(centre[lt]), [fit.diagnostics["map"][f] for f in FREE], rtol=1e-4)
+    svi = infer.run_fullrank(problem, steps=1, lr=1e-12, draws=8000, start=start)
+    draws = svi.samples["log_theta"].reshape(-1, len(FREE))
+    sd = np.sqrt(np.diag(cov)[lt])
+    np.testing.assert_allclose(draws.mean(0), centre[lt], atol=4 * sd.max() / np.sqrt(8000))
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.05)
+    assert svi.diagnostics["start"] == "laplace" and svi.seconds >= info["seconds"]
+    with pytest.raises(ValueError, match="layout"):
+        infer.run_fullrank(problem, steps=1, start=start, parameterisation="centred")
+
+
+def test_cli_refuses_a_laplace_start_for_another_method_or_guide(tmp_path, capsys):
+    """`vpop fit --svi-start laplace` with NUTS or the mean-field guide: exit 2 naming the flag; nothing written."""
+    from vpop.cli import main
+    from vpop.data import data_path
+
+    for extra in (["--method", "nuts"], ["--method", "svi", "--guide", "normal"]):
+        out = tmp_path / "o"
+        assert main(["fit", str(data_path("examples/timecourses.csv")), "--svi-start", "laplace", *extra,
+                     "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "--svi-start laplace" in err and "--guide mvn" in err and "Traceback" not in err
+        assert not out.exists()

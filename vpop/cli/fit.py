@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=0.02, help="SVI Adam learning rate")
     parser.add_argument("--guide", choices=("mvn", "normal", "delta"), default="mvn",
                         help="SVI guide: mvn (full covariance, default), normal (mean-field: too narrow), delta (point)")
+    parser.add_argument("--svi-start", choices=("prior", "laplace"), default="prior",
+                        help="where full-rank SVI starts: prior (its centre) or laplace (the integrated Laplace "
+                             "mode and covariance; docs/fitting.md)")
     parser.add_argument("--chains", type=int, default=4, help="NUTS chains")
     parser.add_argument("--chain-method", choices=("parallel", "vectorized"), default="parallel",
                         help="NUTS chains: parallel (one CPU device per chain, so every core works and no chain "
@@ -128,6 +131,9 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')}: got {getattr(args, name)}; allowed: an integer >= 1")
     if args.covariance is not None and args.method != "laplace":
         raise UserError(f"--covariance {args.covariance}: only for --method laplace (SVI and NUTS give draws)")
+    if args.svi_start == "laplace" and (args.method != "svi" or args.guide != "mvn"):
+        raise UserError(f"--svi-start laplace: only with --method svi --guide mvn (got --method {args.method} "
+                        f"--guide {args.guide}); allowed otherwise: --svi-start prior")
     if args.tau <= 0:
         raise UserError(f"--tau: got {args.tau}; allowed: > 0")
     if not 0 < args.target_accept < 1:
@@ -183,8 +189,19 @@ def _run(args: argparse.Namespace) -> int:
                                   parameterisation="noncentred", options=options,
                                   covariance=args.covariance or laplace.default_covariance(problem, cohort))
     elif args.method == "svi":
+        start = None
+        if args.svi_start == "laplace":
+            from vpop.fitting import laplace
+            from vpop.fitting.traced import fast_path
+
+            if not fast_path(problem, cohort, options):
+                raise UserError("--svi-start laplace: only on patient time courses with the default statistical "
+                                "model (no grades, cohort table, covariate effects, full omega or combined error); "
+                                "allowed otherwise: --svi-start prior")
+            start = laplace.integrated_normal(problem, parameterisation=args.parameterisation, seed=args.seed)
         fit = infer.run_svi(problem, cohort, steps=args.steps, lr=args.lr, guide=args.guide, seed=args.seed,
-                            progress=progress, parameterisation=args.parameterisation, options=options)
+                            progress=progress, parameterisation=args.parameterisation, options=options,
+                            start=start)
     else:
         start = None
         if args.init == "map":

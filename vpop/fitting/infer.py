@@ -131,19 +131,24 @@ def _say(msg):
 
 def run_svi(problem: FitProblem | None, cohort=None, steps: int = 1000, lr: float = 0.02, guide: str = "mvn",
             draws: int = 1000, seed: int = 0, progress: bool = False, ignore_censoring: bool = False,
-            parameterisation: str = "noncentred", options=None) -> FitResult:
+            parameterisation: str = "noncentred", options=None, start=None) -> FitResult:
     """SVI with optax Adam and a guide: "mvn" (AutoMultivariateNormal, full covariance, the default: keeps
     the correlations between typical values, omegas and random effects that mean-field drops), "normal"
     (AutoNormal, mean-field: intervals too narrow, docs/fitting.md) or "delta" (AutoDelta, a point estimate).
 
     The loss of every step is kept (`FitResult.losses`); with `progress` a line is printed every
-    tenth of the run. The time waits for JAX's asynchronous work (`block_until_ready`).
+    tenth of the run. The time waits for JAX's asynchronous work (`block_until_ready`). `start`: None or a
+    normal approximation to start from (full-rank guide on the fast path only; `run_fullrank`).
     """
     if guide not in GUIDES:
         raise ValueError(f"guide {guide!r}: use one of {', '.join(GUIDES)}")
     if guide == "mvn" and not ignore_censoring and fast_path(problem, cohort, options):
         return run_fullrank(problem, steps=steps, lr=lr, draws=draws, seed=seed, progress=progress,
-                            parameterisation=parameterisation)
+                            parameterisation=parameterisation, start=start)
+    if start is not None:
+        raise UserError("--svi-start laplace: only the full-rank guide (mvn) on patient time courses (no grades, "
+                        "cohort table, covariate effects, full omega or combined error) can start from Laplace; "
+                        "use --svi-start prior")
     model, args, kwargs = model_and_args(problem, cohort, ignore_censoring, parameterisation, options)
     init = init_to_value(values=init_values(problem, cohort, options))
     if guide == "normal":
@@ -525,22 +530,38 @@ def _fullrank_optimiser(lr: float, steps: int):
 
 
 def run_fullrank(problem, steps: int = 1000, lr: float = 0.02, draws: int = 1000, seed: int = 0,
-                 progress: bool = False, parameterisation: str = "noncentred"):
-    """SVI with a full-rank Gaussian (module docstring); returns an `FitResult` like `run_svi`."""
+                 progress: bool = False, parameterisation: str = "noncentred", start=None):
+    """SVI with a full-rank Gaussian (module docstring); returns an `FitResult` like `run_svi`.
+
+    `start`: None (the prior centre, L = 0.05 I) or a normal approximation (mode, covariance, layout, info) on
+    this flat space, `laplace.integrated_normal`'s: the optimiser then starts where the random effects'
+    spread is already the integrated Laplace one instead of climbing out of a collapsed one (docs/fitting.md);
+    its seconds count in the fit's."""
     from vpop.fitting.statistical_model import derived_sites
 
+    t0 = time.perf_counter()
     tp = tr.traced(problem)
     init = init_values(problem, None, None)
     latent = ["log_theta", "omega", "sigma", "eta" if parameterisation == "centred" else "z"]
     layout = tr.Layout({k: init[k] for k in latent})
-    x0 = jnp.concatenate([jnp.ravel(jnp.log(init[k]) if k in POSITIVE_SITES else init[k]) for k, _ in layout.spec])
-    D = int(x0.shape[0])
-    d0 = jnp.full(D, math.log(math.expm1(0.05)))  # softplus^-1(0.05): L = 0.05 I
-    params = (x0, jnp.zeros((D, D)), d0)
+    if start is not None:
+        centre, cov, at, info = start
+        if at != layout:
+            raise ValueError("the start's flat layout is not the guide's (another parameterisation or model)")
+        t0 -= info.get("seconds", 0.0)
+        chol = np.linalg.cholesky(cov)
+        x0 = jnp.asarray(centre)
+        D = int(x0.shape[0])
+        params = (x0, jnp.asarray(np.tril(chol, -1)), jnp.asarray(np.log(np.expm1(np.diag(chol)))))
+    else:
+        x0 = jnp.concatenate([jnp.ravel(jnp.log(init[k]) if k in POSITIVE_SITES else init[k])
+                              for k, _ in layout.spec])
+        D = int(x0.shape[0])
+        d0 = jnp.full(D, math.log(math.expm1(0.05)))  # softplus^-1(0.05): L = 0.05 I
+        params = (x0, jnp.zeros((D, D)), d0)
     optimiser = _fullrank_optimiser(lr, steps)
     opt_state = optimiser.init(params)
     key = jax.random.PRNGKey(seed)
-    t0 = time.perf_counter()
     trace = []
     every = max(1, steps // 10)
     for i in range(steps):
@@ -557,7 +578,7 @@ def run_fullrank(problem, steps: int = 1000, lr: float = 0.02, draws: int = 1000
     xs = m[None] + eps @ L.T
     samples = derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(xs), nuisance_chol=problem.nuisance_chol)
     samples = {k: np.asarray(v)[None] for k, v in samples.items() if keep_sites(k)}
-    diag = {"method": "svi", "guide": "mvn", "steps": steps, "final_loss": float(np.mean(losses[-50:])),
+    diag = {"method": "svi", "guide": "mvn", "start": "prior" if start is None else "laplace", "steps": steps, "final_loss": float(np.mean(losses[-50:])),
             "finite": bool(np.all(np.isfinite(losses[-50:]))), "warnings": svi_warnings(losses, steps, "mvn")}
     out = FitResult("svi", problem.free, samples, seconds, diag, losses)
     out.idata = to_inferencedata(out, problem)
