@@ -578,7 +578,8 @@ def run_fullrank(problem, steps: int = 1000, lr: float = 0.02, draws: int = 1000
     xs = m[None] + eps @ L.T
     samples = derived_sites(jax.vmap(lambda v: fast_sites(tp, layout.unravel(v)))(xs), nuisance_chol=problem.nuisance_chol)
     samples = {k: np.asarray(v)[None] for k, v in samples.items() if keep_sites(k)}
-    diag = {"method": "svi", "guide": "mvn", "start": "prior" if start is None else "laplace", "steps": steps, "final_loss": float(np.mean(losses[-50:])),
+    diag = {"method": "svi", "guide": "mvn", "start": "prior" if start is None else "laplace", "steps": steps,
+            "final_loss": float(np.mean(losses[-50:])),
             "finite": bool(np.all(np.isfinite(losses[-50:]))), "warnings": svi_warnings(losses, steps, "mvn")}
     out = FitResult("svi", problem.free, samples, seconds, diag, losses)
     out.idata = to_inferencedata(out, problem)
