@@ -6,6 +6,8 @@
 - Masked fever: after a fever-masking drug, hypotension alone makes the policy treat CRS.
 - Tocilizumab defervesces: many patients febrile at their first dose are afebrile a day later.
 - Physical range: a patient whose read-outs leave their physical range is flagged and excluded.
+- Priming under glucocorticoid: CAR-T cells first activated under steroid cover keep that suppression
+  (prophylaxis on days 0-2 lowers the whole course; steroids after the cells have homed leave no imprint).
 - CAR-T kinetics: antigen drives a programmed burst (expansion and secretion end at
   `car_expansion_days` whatever antigen remains), and killing per tumour cell falls with burden
   (effector:target ratio), so tumours are not all cleared in the first week.
@@ -113,23 +115,30 @@ def _sampled(default_config, n):
     return compiled_sampler(PopulationSampler(default_config.population, default_config.parameters), jnp.float32)(keys)[1]
 
 
-def _quarter_days(p, steps):
-    """The engine's solver from the initial state, every 6 h for `steps` intervals, untreated:
-    (patients, steps, states), the states at the end of each interval."""
+def _quarter_days_from(y0, p, t0, steps):
+    """The engine's solver from state `y0` (states x patients) at day `t0`, every 6 h for `steps` intervals,
+    untreated: (patients, steps, states)."""
     import jax
 
     from vpop.observation import readouts
     from vpop.solver.etdrk import integrate_interval
 
-    def course(p):
+    def course(y0, p):
         def step(y, k):
-            t = k * 0.25
+            t = t0 + k * 0.25
             y, _, _ = integrate_interval(equations.production_loss, readouts.interval_signs, t, t + 0.25, y, p, 6,
                                          1e-3, 1e-3, 6)
             return y, y
-        return jax.lax.scan(step, equations.initial_state(p), jnp.arange(steps))[1]
 
-    return jax.jit(jax.vmap(course))(p)
+        return jax.lax.scan(step, y0, jnp.arange(steps, dtype=jnp.float32))[1]
+
+    return jax.jit(jax.vmap(course, in_axes=(1, 0)))(y0, p)
+
+
+def _quarter_days(p, steps):
+    """The engine's solver from the initial state, every 6 h for `steps` intervals, untreated:
+    (patients, steps, states), the states at the end of each interval."""
+    return _quarter_days_from(equations.initial_state(p), p, 0.0, steps)
 
 
 def _net_car_growth(t, y, p):
@@ -231,6 +240,53 @@ def test_first_activation_secretes_with_antigen_and_without_steroids(default_con
     dexed = y.at[equations.IDX["dex_effect"]].set(200.0)
     u = np.asarray(equations.dex_suppression(200.0, p), np.float64)
     np.testing.assert_allclose(ifng(dexed) - ifng(dexed.at[F].set(0.0)), extra * (1.0 - u), rtol=1e-3)
+
+
+# --- priming under glucocorticoid cover ------------------------------------------------------------------
+
+
+def test_primed_share_accrues_with_the_homing_flux_and_scales_every_car_t_secretion(default_config):
+    """d(primed)/dt = u_dex exp(-t/tH)/tH, nothing lost; the cohort's share q = primed / (1 - exp(-t/tH)) lowers
+    every CAR-T secretion term by (1 - q) and leaves the myeloid terms alone."""
+    p = _sampled(default_config, 8)
+    G, i = equations.IDX["car_gc_primed"], equations.IDX["ifng"]
+    y = (equations.initial_state(p).at[equations.IDX["car_effector"]].set(5.0).at[equations.IDX["antigen"]].set(1.0)
+         .at[equations.IDX["dex_effect"]].set(30.0))
+    t = 0.6
+    P, D = equations.production_loss(t, y, p)
+    th = np.asarray(p["car_homing_days"], np.float64)
+    u = np.asarray(equations.dex_suppression(30.0, p), np.float64)
+    np.testing.assert_allclose(np.asarray(P[G]), u * np.exp(-t / th) / th, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(D[G]), 0.0)
+    homed = 1.0 - np.exp(-t / th)
+    for q in (0.25, 0.8):
+        Pq, _ = equations.production_loss(t, y.at[G].set(jnp.asarray(q * homed, y.dtype)), p)
+        np.testing.assert_allclose(np.asarray(Pq[i]), np.asarray(P[i]) * (1.0 - q), rtol=1e-4)  # IFN-gamma: CAR-T only
+        np.testing.assert_allclose(np.asarray(Pq[equations.IDX["il1"]]), np.asarray(P[equations.IDX["il1"]]), rtol=1e-6)
+    # no imprint without the parameter
+    no_imprint = {**p, "gc_priming_imprint": jnp.zeros_like(p["weight_kg"])}
+    P0, _ = equations.production_loss(t, y.at[G].set(jnp.asarray(0.8 * homed, y.dtype)), no_imprint)
+    np.testing.assert_allclose(np.asarray(P0[i]), np.asarray(P[i]), rtol=1e-6)
+
+
+def test_prophylactic_dose_imprints_the_infused_cohort_a_dose_after_homing_does_not(default_config):
+    """10 mg oral dexamethasone at infusion leaves a lasting share primed under cover, below the suppression
+    ceiling; the same dose on day 3, after the cells have met antigen, leaves almost none."""
+    p = _sampled(default_config, 8)
+    G, depot = equations.IDX["car_gc_primed"], equations.IDX["dex_depot"]
+    y0 = equations.initial_state(p)
+    th = np.asarray(p["car_homing_days"], np.float64)
+
+    def share(y, t):
+        return np.asarray(y[:, G], np.float64) / (1.0 - np.exp(-t / th))
+
+    at_infusion = np.asarray(_quarter_days_from(y0.at[depot].set(9.0), p, 0.0, 28), np.float64)[:, -1]  # day 7
+    q = share(at_infusion, 7.0)
+    assert np.all(q > 0.1) and np.all(q < np.asarray(p["dex_emax"]))
+    untreated = np.asarray(_quarter_days_from(y0, p, 0.0, 12), np.float64)[:, -1]  # day 3
+    after = np.asarray(_quarter_days_from(jnp.asarray(untreated.T).at[depot].set(9.0), p, 3.0, 16),
+                       np.float64)[:, -1]  # dose on day 3, read on day 7
+    assert np.all(share(after, 7.0) < 0.05 * q)
 
 
 @pytest.mark.slow

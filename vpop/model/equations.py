@@ -165,6 +165,13 @@ def production_loss(t, y, p):
     # after first antigen contact (Hosseini 2020 drives cytokine release by activation events), so CRS starts
     # on day 1-3, before CAR-T are counted in blood. Proportional to the dose, so it vanishes with it.
     secreting = engaged + p["car_first_activation_boost"] * stim * s["car_first_activation"]
+    # T cells first activated under glucocorticoid cover keep a lower cytokine output after the drug is gone
+    # (Ramirez 1996: priming under glucocorticoid shifts CD4 cells away from Th1). The infused cells meet antigen
+    # as they leave blood (car_homing_days), so the cohort keeps the suppression at those times, weighted by
+    # the homing flux exp(-t / car_homing_days): prophylaxis on days 0-2 lowers the whole course, while
+    # steroids given once CRS has started (the cells already primed) act only while they last.
+    primed = s["car_gc_primed"] / jnp.maximum(-jnp.expm1(-t / p["car_homing_days"]), 1e-6)
+    secreting = secreting * (1.0 - p["gc_priming_imprint"] * jnp.clip(primed, 0.0, 1.0))
     P_eff = prolif * s["car_effector"] + p["car_memory_reactivation"] * stim * s["car_memory"]
     D_eff = p["car_contraction"] + p["car_to_memory"] + prolif * total_car / p["car_capacity"]
     P_mem = p["car_to_memory"] * s["car_effector"]
@@ -301,7 +308,9 @@ def production_loss(t, y, p):
 
     P = {
         "car_effector": P_eff, "car_memory": P_mem, "car_homing": 0.0,
-        "car_first_activation": s["car_homing"] / p["car_homing_days"], "antigen": P_ag, "myeloid": P_my,
+        "car_first_activation": s["car_homing"] / p["car_homing_days"],
+        "car_gc_primed": dex_inh * jnp.exp(-t / p["car_homing_days"]) / p["car_homing_days"],
+        "antigen": P_ag, "myeloid": P_my,
         "ifng": P_ifng, "gmcsf": P_gm, "tnf": P_tnf, "il1": P_il1, "il1ra": P_il1ra, "il6": P_il6, "il10": P_il10,
         "endothelium": P_endo, "ang2": P_ang2, "vwf": P_vwf, "leak": P_leak,
         "crp": P_crp, "ferritin": P_fer, "fibrinogen": P_fib, "ddimer": P_dd, "platelets": P_plt,
@@ -312,7 +321,8 @@ def production_loss(t, y, p):
     }
     D = {
         "car_effector": D_eff, "car_memory": D_mem, "car_homing": 1.0 / p["car_homing_days"],
-        "car_first_activation": 1.0 / p["car_first_activation_days"], "antigen": D_ag, "myeloid": D_my,
+        "car_first_activation": 1.0 / p["car_first_activation_days"], "car_gc_primed": 0.0,
+        "antigen": D_ag, "myeloid": D_my,
         "ifng": p["ifng_clearance"], "gmcsf": p["gmcsf_clearance"], "tnf": p["tnf_clearance"],
         "il1": p["il1_clearance"], "il1ra": p["il1ra_clearance"], "il6": D_il6, "il10": p["il10_clearance"],
         "endothelium": D_endo, "ang2": p["ang2_clearance"], "vwf": p["vwf_clearance"], "leak": D_leak,

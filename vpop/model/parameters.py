@@ -91,6 +91,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "ZUMA-7 CAR-T Tmax median 8 d, IQR 8-9), cilta-cel longer (CARTITUDE-1 Tmax median 12.7 d)",
        "length of the antigen-driven proliferative burst: engaged CAR-T stop dividing after it whatever "
        "antigen remains (a programmed clonal burst)"),
+    _p("car_t", "gc_priming_imprint", 1.0, "-", 0.0, 1.0,
+       "Ramirez 1996 (CD4 T cells primed under glucocorticoid make little IFN-gamma on restimulation without it: a "
+       "Th2 shift); 1 = cells keep the suppression they were first activated under. ZUMA-1 cohort 6 (Oluwole "
+       "2021) checked, not fitted: docs/model.md",
+       "share of the glucocorticoid suppression at a CAR-T cell's first activation that its cytokine output keeps "
+       "after the drug is gone"),
     _p("car_t", "car_homing_days", 0.75, "d", 0.25, 2.0,
        "Santurio 2025 and Liu 2021 (a distribution phase precedes expansion: infused cells leave blood for "
        "lymphoid and tumour sites within about a day)",

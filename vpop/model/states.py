@@ -25,6 +25,9 @@ STATES: tuple[State, ...] = (
     State("car_first_activation", "cells/uL",
           "infused CAR-T cells still in the secretory burst of their first activation (a marker of the infused "
           "cohort; they are counted in car_effector)", "CAR-T and tumour"),
+    State("car_gc_primed", "fraction 0-1",
+          "share of the infused cells' first activations that happened under glucocorticoid cover, weighted by the "
+          "suppression at the time (cumulative, in units of the infused cohort)", "CAR-T and tumour"),
     State("antigen", "1 = median burden", "antigen-bearing tumour burden", "CAR-T and tumour"),
     State("myeloid", "fraction 0-1", "activated fraction of monocytes/macrophages", "myeloid loop"),
     State("ifng", "pg/mL", "serum IFN-gamma", "cytokines"),
