@@ -170,7 +170,8 @@ def production_loss(t, y, p):
     # as they leave blood (car_homing_days), so the cohort keeps the suppression at those times, weighted by
     # the homing flux exp(-t / car_homing_days): prophylaxis on days 0-2 lowers the whole course, while
     # steroids given once CRS has started (the cells already primed) act only while they last.
-    primed = s["car_gc_primed"] / jnp.maximum(-jnp.expm1(-t / p["car_homing_days"]), 1e-6)
+    still_homing = jnp.exp(-t / p["car_homing_days"])  # share of the infused cells not yet at antigen
+    primed = s["car_gc_primed"] / jnp.maximum(1.0 - still_homing, 1e-6)
     secreting = secreting * (1.0 - p["gc_priming_imprint"] * jnp.clip(primed, 0.0, 1.0))
     P_eff = prolif * s["car_effector"] + p["car_memory_reactivation"] * stim * s["car_memory"]
     D_eff = p["car_contraction"] + p["car_to_memory"] + prolif * total_car / p["car_capacity"]
@@ -309,7 +310,7 @@ def production_loss(t, y, p):
     P = {
         "car_effector": P_eff, "car_memory": P_mem, "car_homing": 0.0,
         "car_first_activation": s["car_homing"] / p["car_homing_days"],
-        "car_gc_primed": dex_inh * jnp.exp(-t / p["car_homing_days"]) / p["car_homing_days"],
+        "car_gc_primed": dex_inh * still_homing / p["car_homing_days"],
         "antigen": P_ag, "myeloid": P_my,
         "ifng": P_ifng, "gmcsf": P_gm, "tnf": P_tnf, "il1": P_il1, "il1ra": P_il1ra, "il6": P_il6, "il10": P_il10,
         "endothelium": P_endo, "ang2": P_ang2, "vwf": P_vwf, "leak": P_leak,
