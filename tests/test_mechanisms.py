@@ -10,7 +10,8 @@
   (prophylaxis on days 0-2 lowers the whole course; steroids after the cells have homed leave no imprint).
 - CAR-T kinetics: antigen drives a programmed burst (expansion and secretion end at
   `car_expansion_days` whatever antigen remains), and killing per tumour cell falls with burden
-  (effector:target ratio), so tumours are not all cleared in the first week.
+  (effector:target ratio), so tumours are not all cleared in the first week; in B-ALL, whose targets
+  circulate, expansion keeps rising with marrow burden across the trial's range.
 """
 
 from __future__ import annotations
@@ -195,6 +196,21 @@ def test_untreated_tumours_are_not_all_cleared_in_the_first_week(default_config)
     left = np.asarray(y7[:, equations.IDX["antigen"]] / p["tumor_burden"])
     assert 0.2 < np.median(left) < 0.95
     assert (left > 0.1).mean() > 0.5
+
+
+def test_leukaemic_expansion_follows_marrow_burden_across_elianas_range():
+    """B-ALL targets circulate and are met in proportion to their number, so stimulation must not saturate
+    between CHOP's 40 % blast line (1.6 units on the preset's scale) and 99 % blasts (4 units): the peak
+    doubles at least. (At the earlier EC50 of 0.2 units it rose by 1.3x.) At 5 % blasts (0.2 units, ELIANA's
+    entry floor) the median patient expands to under 2 % of its peak at the median burden (5 % before)."""
+    cfg = vpop.load_config("tisacel_ball")
+    p = _sampled(cfg, 8)
+    peaks = {}
+    for burden in (0.2, 1.6, 3.0, 4.0):
+        ys = np.asarray(_quarter_days({**p, "tumor_burden": jnp.full_like(p["weight_kg"], burden)}, 56))
+        peaks[burden] = ys[:, :, equations.IDX["car_effector"]].max(axis=1)  # 14 days, untreated
+    assert np.all(peaks[4.0] >= 2.0 * peaks[1.6]), peaks
+    assert np.all(peaks[1.6] < peaks[3.0]) and np.median(peaks[0.2] / peaks[3.0]) < 0.02, peaks
 
 
 # --- the infused cells' first activation ---------------------------------------------------------------

@@ -62,10 +62,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
        "Stein 2019 (beta 0.0032/d, terminal t1/2 220 d)", "memory CAR-T decline rate"),
     _p("car_t", "car_memory_reactivation", 0.05, "1/d", 0.0, 0.5, "calibrated",
        "antigen-driven return of memory cells to the effector pool"),
-    _p("car_t", "car_antigen_ec50", 0.02, "antigen units", 0.005, 0.5,
+    _p("car_t", "car_antigen_ec50", 0.02, "antigen units", 0.005, 3.0,
        "set with the kinetics re-parameterisation: stimulation saturates down to 2 % of the median burden, so "
        "expansion is driven by the dose and the burst, weakly by burden (Liu 2021: saturable stimulation; "
-       "Singh 2021, Hardiansyah & Ng 2019: burden matters more than dose, not overwhelmingly)",
+       "Singh 2021, Hardiansyah & Ng 2019: burden matters more than dose, not overwhelmingly); up to 3 for "
+       "circulating leukaemic targets, met in proportion to their number (B-ALL preset 1.6: CHOP's 40 % blast "
+       "line, Kadauke 2020; docs/populations.md)",
        "antigen level giving half-maximal CAR-T stimulation"),
     _p("car_t", "car_capacity", 1500.0, "cells/uL", 200.0, 10000.0, "Kimmel 2021 (K_C 7e10 cells, scaled to blood); calibrated",
        "carrying capacity of CAR-T in blood"),
